@@ -1,0 +1,349 @@
+//! Wire messages: postcard in a versioned envelope (one version byte, then the body).
+//!
+//! Invariant: messages evolve only by appending enum variants and never by reordering or
+//! changing fields; a payload with an unknown version is refused, never guessed at.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::bundle::{BundleDigest, SignedManifest};
+use crate::histogram::HistogramSnapshot;
+use crate::signing::{KeyId, SignatureDomain, SigningError, SigningKeyPair, TrustedKeys};
+
+pub const PROTOCOL_VERSION: u8 = 1;
+/// The biggest message either side decodes; a chunk is at most `bundle::MAX_CHUNK_SIZE`.
+pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    #[error("empty payload")]
+    Empty,
+    #[error("payload of {0} bytes exceeds the {MAX_MESSAGE_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("protocol version {0} is not supported (this build speaks {PROTOCOL_VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("malformed message: {0}")]
+    Malformed(String),
+    #[error(transparent)]
+    Signature(#[from] SigningError),
+}
+
+pub fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    let mut bytes = vec![PROTOCOL_VERSION];
+    // Invariant: our messages contain only types postcard can always serialise into a Vec.
+    bytes.extend(postcard::to_stdvec(message).unwrap_or_default());
+    bytes
+}
+
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    let (&version, body) = bytes.split_first().ok_or(ProtocolError::Empty)?;
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(ProtocolError::TooLarge(bytes.len()));
+    }
+    if version != PROTOCOL_VERSION {
+        return Err(ProtocolError::UnsupportedVersion(version));
+    }
+    let (message, rest) = postcard::take_from_bytes(body).map_err(|error| ProtocolError::Malformed(error.to_string()))?;
+    if !rest.is_empty() {
+        return Err(ProtocolError::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(message)
+}
+
+// ---------------------------------------------------------------- desired state
+
+/// `d/{device}/desired/{model}`, retained: the plane's signed wish for one model slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedDesiredState {
+    pub key_id: KeyId,
+    /// postcard of `DesiredSlot`, verified before it is decoded.
+    pub body: Vec<u8>,
+    pub signature: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DesiredSlot {
+    pub device_id: String,
+    pub model: String,
+    /// Grows with every change for this device and slot; a device accepts only newer ones.
+    pub generation: u64,
+    pub issued_at_ms: u64,
+    pub target: DesiredTarget,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum DesiredTarget {
+    /// The slot should hold nothing (the model is withdrawn from this device).
+    Empty,
+    Bundle {
+        manifest: SignedManifest,
+        role: SlotRole,
+        /// Present when the plane means to go back to an older version.
+        rollback: Option<RollbackPermission>,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SlotRole {
+    /// Serves requests.
+    Active,
+}
+
+/// Allows installing the desired bundle over any version up to `up_to_version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackPermission {
+    pub up_to_version: u64,
+}
+
+impl SignedDesiredState {
+    pub fn sign(slot: &DesiredSlot, key_pair: &SigningKeyPair) -> Self {
+        let body = postcard::to_stdvec(slot).unwrap_or_default();
+        let signature = key_pair.sign(SignatureDomain::DesiredState, &body).to_vec();
+        SignedDesiredState { key_id: key_pair.key_id(), body, signature }
+    }
+
+    pub fn verify(&self, trusted_keys: &TrustedKeys) -> Result<DesiredSlot, ProtocolError> {
+        trusted_keys.verify(self.key_id, SignatureDomain::DesiredState, &self.body, &self.signature)?;
+        postcard::from_bytes(&self.body).map_err(|error| ProtocolError::Malformed(error.to_string()))
+    }
+}
+
+// ---------------------------------------------------------------- reported state
+
+/// `d/{device}/reported`, retained.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Reported {
+    Online(ReportedState),
+    /// The last will, published by the broker when the connection drops.
+    Offline { device_id: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReportedState {
+    pub device_id: String,
+    pub agent_version: String,
+    pub labels: Vec<(String, String)>,
+    pub started_at_ms: u64,
+    pub reported_at_ms: u64,
+    pub slots: Vec<SlotReport>,
+    /// The last message this device refused (a replayed or unverifiable desired state, say).
+    pub last_refusal: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotReport {
+    pub model: String,
+    /// The generation of the last desired state the device accepted.
+    pub generation: u64,
+    pub phase: SlotPhase,
+    pub active: Option<InstalledBundle>,
+    pub previous: Option<InstalledBundle>,
+    /// The bundle being fetched or installed.
+    pub target: Option<InstalledBundle>,
+    pub last_result: Option<InstallOutcome>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstalledBundle {
+    pub version: u64,
+    pub digest: BundleDigest,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum SlotPhase {
+    Idle,
+    Fetching { received_bytes: u64, total_bytes: u64 },
+    Verifying,
+    Installing,
+    Active,
+    Failed { kind: FailureKind, reason: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FailureKind {
+    Signature,
+    Expired,
+    Integrity,
+    RollbackNotPermitted,
+    Transfer,
+    Storage,
+    Load,
+    SelfTest,
+    Manifest,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Signature => "signature",
+            FailureKind::Expired => "expired",
+            FailureKind::Integrity => "integrity",
+            FailureKind::RollbackNotPermitted => "rollback_not_permitted",
+            FailureKind::Transfer => "transfer",
+            FailureKind::Storage => "storage",
+            FailureKind::Load => "load",
+            FailureKind::SelfTest => "self_test",
+            FailureKind::Manifest => "manifest",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct InstallOutcome {
+    pub version: u64,
+    pub generation: u64,
+    pub at_ms: u64,
+    pub result: InstallResult,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum InstallResult {
+    Installed { self_test_ms: f32 },
+    Refused { kind: FailureKind, reason: String },
+}
+
+// ---------------------------------------------------------------- telemetry
+
+/// `d/{device}/telemetry`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Telemetry {
+    Heartbeat(Heartbeat),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub device_id: String,
+    pub seq: u64,
+    pub sent_at_ms: u64,
+    pub uptime_s: u64,
+    pub cpu_percent: f32,
+    pub memory_used_bytes: u64,
+    pub memory_total_bytes: u64,
+    pub process_rss_bytes: u64,
+    /// Figures since the previous heartbeat, per model version served.
+    pub window_ms: u64,
+    pub models: Vec<ModelFigures>,
+    /// Messages this device refused to decode or verify since it started.
+    pub refused_messages: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelFigures {
+    pub model: String,
+    pub version: u64,
+    pub requests: u64,
+    pub errors: u64,
+    pub latency_us: HistogramSnapshot,
+}
+
+// ---------------------------------------------------------------- transfer
+
+/// `d/{device}/fetch`: "send me these chunks of this bundle".
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    pub device_id: String,
+    pub digest: BundleDigest,
+    pub missing: Vec<ChunkRange>,
+}
+
+/// Chunk indexes `start..end`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkRange {
+    pub start: u32,
+    pub end: u32,
+}
+
+/// `b/{digest}/chunks`: one chunk of a bundle's payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkMessage {
+    pub digest: BundleDigest,
+    pub index: u32,
+    pub data: Vec<u8>,
+}
+
+/// Collapses sorted indexes into ranges.
+pub fn ranges_of(indexes: impl IntoIterator<Item = u32>) -> Vec<ChunkRange> {
+    let mut ranges: Vec<ChunkRange> = Vec::new();
+    for index in indexes {
+        match ranges.last_mut() {
+            Some(last) if last.end == index => last.end += 1,
+            _ => ranges.push(ChunkRange { start: index, end: index + 1 }),
+        }
+    }
+    ranges
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_refuses_garbage_and_other_versions() {
+        let heartbeat = Telemetry::Heartbeat(Heartbeat {
+            device_id: "d".into(),
+            seq: 1,
+            sent_at_ms: 2,
+            uptime_s: 3,
+            cpu_percent: 4.0,
+            memory_used_bytes: 5,
+            memory_total_bytes: 6,
+            process_rss_bytes: 7,
+            window_ms: 8,
+            models: vec![],
+            refused_messages: 0,
+        });
+        let bytes = encode(&heartbeat);
+        assert_eq!(decode::<Telemetry>(&bytes).unwrap(), heartbeat);
+        assert!(matches!(decode::<Telemetry>(&[]), Err(ProtocolError::Empty)));
+        let mut other_version = bytes.clone();
+        other_version[0] = 2;
+        assert!(matches!(decode::<Telemetry>(&other_version), Err(ProtocolError::UnsupportedVersion(2))));
+        assert!(matches!(decode::<Telemetry>(&[1, 0xff, 0xff]), Err(ProtocolError::Malformed(_))));
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(matches!(decode::<Telemetry>(&trailing), Err(ProtocolError::Malformed(_))));
+        // An enum variant this build does not know (appended by a newer peer) is refused.
+        assert!(matches!(decode::<Reported>(&[1, 9]), Err(ProtocolError::Malformed(_))));
+    }
+
+    #[test]
+    fn wire_encoding_is_stable() {
+        // A snapshot of the bytes: changing it breaks deployed devices.
+        let fetch = FetchRequest {
+            device_id: "d1".into(),
+            digest: BundleDigest([0xab; 32]),
+            missing: vec![ChunkRange { start: 0, end: 2 }, ChunkRange { start: 300, end: 301 }],
+        };
+        assert_eq!(
+            hex::encode(encode(&fetch)),
+            "01026431abababababababababababababababababababababababababababababababab020002ac02ad02"
+        );
+    }
+
+    #[test]
+    fn desired_state_signature_covers_the_body() {
+        let key_pair = SigningKeyPair::generate().unwrap();
+        let trusted = TrustedKeys::new(vec![key_pair.public_key()]);
+        let slot = DesiredSlot {
+            device_id: "d".into(),
+            model: "m".into(),
+            generation: 3,
+            issued_at_ms: 9,
+            target: DesiredTarget::Empty,
+        };
+        let signed = SignedDesiredState::sign(&slot, &key_pair);
+        assert_eq!(signed.verify(&trusted).unwrap(), slot);
+        let mut tampered = signed.clone();
+        tampered.body[0] ^= 1;
+        assert!(matches!(tampered.verify(&trusted), Err(ProtocolError::Signature(_))));
+    }
+
+    #[test]
+    fn ranges_collapse_runs() {
+        assert_eq!(
+            ranges_of([0, 1, 2, 5, 7, 8]),
+            vec![ChunkRange { start: 0, end: 3 }, ChunkRange { start: 5, end: 6 }, ChunkRange { start: 7, end: 9 }]
+        );
+        assert!(ranges_of([]).is_empty());
+    }
+}
