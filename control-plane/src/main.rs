@@ -1,1 +1,343 @@
-fn main() {}
+//! `fleetml`: parses the command line, starts tracing and calls into the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use fleetml_plane::api::views::{AliasRequest, DeployRequest, VersionView};
+use fleetml_plane::cli::{self, Client};
+use fleetml_plane::config::{self, ConfigError, FileConfig, ServeArgs};
+use fleetml_plane::demo::{self, DemoOptions};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "fleetml", version, about = "fleetml: MLOps for fleets of devices")]
+struct Cli {
+    /// Log format: text or json.
+    #[arg(long, env = "FLEETML_LOG_FORMAT", default_value = "text", global = true)]
+    log_format: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct ClientArgs {
+    /// The plane's API.
+    #[arg(long, env = "FLEETML_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Bearer token (default: DATA_DIR/admin.token when readable).
+    #[arg(long, env = "FLEETML_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Where to look for admin.token when no token is given.
+    #[arg(long, env = "FLEETML_DATA_DIR", default_value = "fleetml-data")]
+    data_dir: PathBuf,
+}
+
+impl ClientArgs {
+    fn client(&self) -> anyhow::Result<Client> {
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::fs::read_to_string(self.data_dir.join("admin.token")).ok().map(|token| token.trim().to_string()));
+        Client::new(&self.server, token)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run everything on one machine: plane, broker, a simulated fleet, two model versions.
+    Demo {
+        /// Exit 0 after the scenario instead of serving until Ctrl-C.
+        #[arg(long)]
+        once: bool,
+        #[arg(long, default_value_t = 20)]
+        devices: usize,
+        /// Keep the demo's data here (default: a new temporary folder).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// API address (port 0: any free port).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        http: SocketAddr,
+        /// Inference requests sent per version.
+        #[arg(long, default_value_t = 400)]
+        requests: usize,
+    },
+    /// Run the control plane.
+    Serve(ServeArgs),
+    /// Signing keys.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Model registry.
+    Model {
+        #[command(subcommand)]
+        command: ModelCommand,
+    },
+    /// Deploy NAME@VERSION or NAME@ALIAS to a device or a label selector (a standing assignment).
+    Deploy {
+        reference: String,
+        #[arg(long, conflicts_with = "selector")]
+        device: Option<String>,
+        /// Kubernetes-style selector: k=v, k!=v, k in (a,b), k notin (a,b), k, !k; comma means AND.
+        #[arg(long)]
+        selector: Option<String>,
+        /// Wait, with a progress bar, until the matched devices run the version.
+        #[arg(long)]
+        wait: bool,
+        #[arg(long, default_value_t = 600)]
+        timeout_s: u64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List devices: status, labels, and per model the active and installing versions.
+    Devices {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Offline bundle tools.
+    Bundle {
+        #[command(subcommand)]
+        command: BundleCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Write DIR/signing.key (ed25519 private key, PEM) and DIR/signing.pub.
+    Generate {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelCommand {
+    /// Register the next version of NAME; prints the version number.
+    Push {
+        name: String,
+        file: PathBuf,
+        #[arg(long, default_value = "")]
+        description: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// List models and versions.
+    List {
+        name: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Point an alias (champion, challenger, ...) at a version.
+    Alias {
+        name: String,
+        alias: String,
+        version: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum BundleCommand {
+    /// Check an ONNX file with tract and write a signed bundle.
+    Build {
+        #[arg(long)]
+        onnx: PathBuf,
+        #[arg(long)]
+        model: String,
+        #[arg(long)]
+        version: u64,
+        #[arg(long)]
+        signing_key: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        /// Days until devices refuse the bundle (0: never).
+        #[arg(long, default_value_t = 365)]
+        expires_in_days: u64,
+    },
+    /// Verify signature, expiry, lengths and hashes.
+    Verify {
+        file: PathBuf,
+        #[arg(long = "trusted-key", required = true)]
+        trusted_keys: Vec<PathBuf>,
+    },
+    /// Print the manifest (without verifying it).
+    Inspect {
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo and the client commands print what matters; the server logs.
+    let default_filter = match &cli.command {
+        Command::Serve(_) => "info,rumqttd=warn,rumqttc=warn",
+        _ => "warn,rumqttd=off,rumqttc=error",
+    };
+    init_tracing(&cli.log_format, default_filter);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fleetml: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(code) => code,
+        Err(error) => {
+            if let Some(config_error) = error.downcast_ref::<ConfigError>() {
+                eprintln!("fleetml: {config_error}");
+                return ExitCode::from(64);
+            }
+            eprintln!("fleetml: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Demo { once, devices, data_dir, http, requests } => {
+            if devices == 0 {
+                return Err(ConfigError { field: "devices".into(), reason: "must be at least 1".into() }.into());
+            }
+            let cancel = CancellationToken::new();
+            spawn_signal_handler(cancel.clone());
+            demo::run(DemoOptions { devices, once, data_dir, http, requests }, cancel).await?;
+        }
+        Command::Serve(args) => {
+            let file = match &args.config {
+                Some(path) => FileConfig::read(path)?,
+                None => FileConfig::default(),
+            };
+            let plane_config = config::resolve(&args, &file)?;
+            let cancel = CancellationToken::new();
+            spawn_signal_handler(cancel.clone());
+            fleetml_plane::serve(plane_config, cancel).await?;
+        }
+        Command::Keys { command: KeysCommand::Generate { out } } => {
+            let (private_path, public_path, key_pair) = fleetml_plane::keys::generate(&out)?;
+            println!("wrote {} and {} (key id {})", private_path.display(), public_path.display(), key_pair.key_id());
+        }
+        Command::Model { command } => model_command(command).await?,
+        Command::Deploy { reference, device, selector, wait, timeout_s, json, client } => {
+            let (model, version, alias) = cli::parse_reference(&reference)?;
+            if device.is_none() && selector.is_none() {
+                anyhow::bail!("give --device ID or --selector SELECTOR");
+            }
+            let client = client.client()?;
+            let deployment = client.deploy(&DeployRequest { model: model.clone(), version, alias, device, selector }).await?;
+            if !json {
+                let target = deployment.device.clone().map(|device| format!("device {device}")).unwrap_or_else(|| format!("selector `{}`", deployment.selector.clone().unwrap_or_default()));
+                println!("deployment {}: {model}@{} to {target}; {} devices match now", deployment.id, deployment.version, deployment.matched_devices.len());
+            }
+            if wait {
+                let outcome = cli::wait_for_rollout(&client, &model, deployment.version, &deployment.matched_devices, Duration::from_secs(timeout_s), json).await?;
+                if json {
+                    cli::print_json(&serde_json::json!({ "deployment": deployment, "outcome": outcome }))?;
+                } else {
+                    println!("{} installed, {} failed, {} pending after {:.1} s", outcome.converged.len(), outcome.failed.len(), outcome.pending.len(), outcome.elapsed.as_secs_f32());
+                    for (device_id, reason) in &outcome.failed {
+                        println!("  {device_id}: {reason}");
+                    }
+                }
+                if !outcome.failed.is_empty() || !outcome.pending.is_empty() {
+                    return Ok(ExitCode::from(2));
+                }
+            } else if json {
+                cli::print_json(&deployment)?;
+            }
+        }
+        Command::Devices { json, client } => {
+            let devices = client.client()?.devices().await?;
+            if json { cli::print_json(&devices)? } else { cli::print_devices(&devices) }
+        }
+        Command::Bundle { command } => match command {
+            BundleCommand::Build { onnx, model, version, signing_key, out, expires_in_days } => {
+                let digest = cli::bundle_build(&onnx, &model, version, &signing_key, &out, expires_in_days)?;
+                println!("wrote {} ({model}@{version}, digest {digest})", out.display());
+            }
+            BundleCommand::Verify { file, trusted_keys } => match cli::bundle_verify(&file, &trusted_keys) {
+                Ok(summary) => println!("{summary}"),
+                Err(error) => {
+                    eprintln!("fleetml: {}: INVALID: {error:#}", file.display());
+                    return Ok(ExitCode::from(1));
+                }
+            },
+            BundleCommand::Inspect { file } => cli::print_json(&cli::bundle_inspect(&file)?)?,
+        },
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn model_command(command: ModelCommand) -> anyhow::Result<()> {
+    match command {
+        ModelCommand::Push { name, file, description, json, client } => {
+            let onnx = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let pushed = client.client()?.push(&name, onnx, &description).await?;
+            if json {
+                cli::print_json(&pushed)?;
+            } else {
+                println!("{}", pushed.version);
+                eprintln!("registered {}@{} (bundle {}, {} bytes)", pushed.model, pushed.version, &pushed.digest[..12], pushed.bundle_bytes);
+            }
+        }
+        ModelCommand::List { name, json, client } => {
+            let path = match &name {
+                Some(name) => format!("/api/v1/models/{name}/versions"),
+                None => "/api/v1/models".to_string(),
+            };
+            let versions: Vec<VersionView> = client.client()?.get(&path).await?;
+            if json { cli::print_json(&versions)? } else { cli::print_versions(&versions) }
+        }
+        ModelCommand::Alias { name, alias, version, client } => {
+            let _: serde_json::Value = client.client()?.put_json(&format!("/api/v1/models/{name}/aliases/{alias}"), &AliasRequest { version }).await?;
+            println!("{name}@{alias} → version {version}");
+        }
+    }
+    Ok(())
+}
+
+fn spawn_signal_handler(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(terminate) => terminate,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                cancel.cancel();
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = terminate.recv() => {}
+        }
+        tracing::info!("shutting down");
+        cancel.cancel();
+    });
+}
+
+fn init_tracing(format: &str, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("FLEETML_LOG")
+        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

@@ -66,6 +66,7 @@ pub enum SigningError {
 }
 
 /// A private signing key (the plane's).
+#[derive(Clone)]
 pub struct SigningKeyPair {
     signing_key: ed25519_dalek::SigningKey,
 }

@@ -1,0 +1,216 @@
+//! The deployment controller: turns standing deployments (model version → device or
+//! selector) into each device's signed desired state, and keeps the retained copies on the
+//! broker. It only writes desired state; agents do the rest and report back.
+//!
+//! Invariant: for each (device, model) the generation only grows; a target older than what
+//! the device was last told or runs carries an explicit rollback permission.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use fleetml_shared::bundle::SignedManifest;
+use fleetml_shared::protocol::{self, DesiredSlot, DesiredTarget, RollbackPermission, SignedDesiredState, SlotRole};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::PlaneCore;
+use crate::api::views::parse_slots;
+use crate::store::{DeploymentRecord, DeploymentTarget, DesiredRecord, DeviceRecord, StoreError};
+
+/// Commands waiting for the controller; senders wait when full.
+pub const CONTROLLER_CAPACITY: usize = 1024;
+
+#[derive(Debug)]
+pub enum ControllerCommand {
+    ReconcileDevice(String),
+    ReconcileAll,
+    RepublishAll,
+}
+
+pub struct DeploymentController {
+    pub core: Arc<PlaneCore>,
+    pub commands: mpsc::Receiver<ControllerCommand>,
+}
+
+/// Whether a deployment targets a device.
+pub fn targets(deployment: &DeploymentRecord, device: &DeviceRecord) -> bool {
+    match &deployment.target {
+        DeploymentTarget::Device(device_id) => *device_id == device.device_id,
+        DeploymentTarget::Selector(selector) => selector.matches(&device.labels),
+    }
+}
+
+/// The deployment that decides a model's version on a device: the newest one targeting it.
+pub fn deciding_deployment<'a>(deployments: &'a [DeploymentRecord], model: &str, device: &DeviceRecord) -> Option<&'a DeploymentRecord> {
+    deployments.iter().filter(|deployment| deployment.model == model && targets(deployment, device)).max_by_key(|deployment| deployment.id)
+}
+
+impl DeploymentController {
+    #[tracing::instrument(name = "deployment_controller", skip_all)]
+    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+        loop {
+            let command = tokio::select! {
+                _ = cancel.cancelled() => break,
+                // Cancel-safe: mpsc::Receiver::recv.
+                command = self.commands.recv() => match command {
+                    Some(command) => command,
+                    None => break,
+                },
+            };
+            // Coalesce what queued up meanwhile: one pass serves them all.
+            let mut devices = BTreeSet::new();
+            let (mut all, mut republish) = (false, false);
+            let mut absorb = |command: ControllerCommand| match command {
+                ControllerCommand::ReconcileDevice(device_id) => {
+                    devices.insert(device_id);
+                }
+                ControllerCommand::ReconcileAll => all = true,
+                ControllerCommand::RepublishAll => republish = true,
+            };
+            absorb(command);
+            while let Ok(command) = self.commands.try_recv() {
+                absorb(command);
+            }
+            if republish && let Err(error) = self.republish_all().await {
+                tracing::error!(%error, "could not republish desired states");
+            }
+            let result = if all { self.reconcile(None).await } else if devices.is_empty() { Ok(()) } else { self.reconcile(Some(&devices)).await };
+            if let Err(error) = result {
+                tracing::error!(%error, "reconcile failed; it runs again on the next change");
+            }
+        }
+        Ok(())
+    }
+
+    async fn republish_all(&self) -> Result<(), StoreError> {
+        let desired = self.core.store.list_desired().await?;
+        for record in &desired {
+            self.core.mqtt.publish(self.core.topics.desired(&record.device_id, &record.model), true, record.payload.clone()).await;
+        }
+        tracing::info!(n_desired = desired.len(), "desired states published");
+        Ok(())
+    }
+
+    async fn reconcile(&self, only: Option<&BTreeSet<String>>) -> Result<(), StoreError> {
+        let deployments = self.core.store.list_deployments().await?;
+        if deployments.is_empty() {
+            return Ok(());
+        }
+        let models: BTreeSet<&str> = deployments.iter().map(|deployment| deployment.model.as_str()).collect();
+        let devices = self.core.store.list_devices().await?;
+        let mut n_changed = 0usize;
+        for device in devices.iter().filter(|device| only.is_none_or(|only| only.contains(&device.device_id))) {
+            for model in &models {
+                let Some(deployment) = deciding_deployment(&deployments, model, device) else { continue };
+                if self.ensure_desired(device, deployment).await? {
+                    n_changed += 1;
+                }
+            }
+        }
+        if n_changed > 0 {
+            tracing::info!(n_changed, "desired states updated");
+        }
+        Ok(())
+    }
+
+    /// Writes and publishes a new desired state if the device is not yet told this version.
+    async fn ensure_desired(&self, device: &DeviceRecord, deployment: &DeploymentRecord) -> Result<bool, StoreError> {
+        let current = self.core.store.get_desired(&device.device_id, &deployment.model).await?;
+        if current.as_ref().and_then(|current| current.version) == Some(deployment.version) {
+            return Ok(false);
+        }
+        let version = self
+            .core
+            .store
+            .get_version(&deployment.model, deployment.version)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("version {} of `{}`", deployment.version, deployment.model)))?;
+        let bundle = self
+            .core
+            .store
+            .get_bundle(&version.digest)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("bundle {}", version.digest)))?;
+        let manifest: SignedManifest =
+            postcard::from_bytes(&bundle.signed_manifest).map_err(|error| StoreError::Corrupt(format!("signed manifest: {error}")))?;
+        let reported_active = parse_slots(&device.slots_json)
+            .iter()
+            .find(|slot| slot.model == deployment.model)
+            .and_then(|slot| slot.active_version)
+            .map(|version| version as i64);
+        let told = current.as_ref().and_then(|current| current.version);
+        let newest_known = told.into_iter().chain(reported_active).max();
+        let rollback = newest_known
+            .filter(|&newest| newest > deployment.version)
+            .map(|newest| RollbackPermission { up_to_version: newest as u64 });
+        let generation = current.as_ref().map(|current| current.generation).unwrap_or(0) + 1;
+        let slot = DesiredSlot {
+            device_id: device.device_id.clone(),
+            model: deployment.model.clone(),
+            generation: generation as u64,
+            issued_at_ms: fleetml_shared::now_ms(),
+            target: DesiredTarget::Bundle { manifest, role: SlotRole::Active, rollback },
+        };
+        let payload = protocol::encode(&SignedDesiredState::sign(&slot, &self.core.signer));
+        let record = DesiredRecord {
+            device_id: device.device_id.clone(),
+            model: deployment.model.clone(),
+            generation,
+            version: Some(deployment.version),
+            digest: Some(version.digest.clone()),
+            deployment_id: Some(deployment.id),
+            payload: payload.clone(),
+            updated_ms: fleetml_shared::now_ms() as i64,
+        };
+        // Invariant: stored before published, so a crash in between republishes on restart.
+        self.core.store.put_desired(&record).await?;
+        if self.core.mqtt.publish(self.core.topics.desired(&device.device_id, &deployment.model), true, payload).await {
+            self.core.counters.desired_published.fetch_add(1, Ordering::Relaxed);
+        }
+        tracing::debug!(device_id = %device.device_id, model = %deployment.model, version = deployment.version, generation, rollback = rollback.is_some(), "desired state set");
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::DeviceVitals;
+    use fleetml_shared::selector::Selector;
+    use std::collections::BTreeMap;
+
+    fn device(device_id: &str, labels: &[(&str, &str)]) -> DeviceRecord {
+        DeviceRecord {
+            device_id: device_id.into(),
+            labels: labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect::<BTreeMap<_, _>>(),
+            online: true,
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+            agent_version: String::new(),
+            slots_json: "[]".into(),
+            last_refusal: None,
+            vitals: DeviceVitals::default(),
+        }
+    }
+
+    fn deployment(id: i64, model: &str, version: i64, target: DeploymentTarget) -> DeploymentRecord {
+        DeploymentRecord { id, model: model.into(), version, target, created_ms: 0 }
+    }
+
+    #[test]
+    fn the_newest_matching_deployment_decides_per_model() {
+        let deployments = vec![
+            deployment(1, "m", 1, DeploymentTarget::Selector(Selector::parse("").unwrap())),
+            deployment(2, "m", 2, DeploymentTarget::Selector(Selector::parse("site=a").unwrap())),
+            deployment(3, "m", 3, DeploymentTarget::Device("d9".into())),
+            deployment(4, "other", 7, DeploymentTarget::Selector(Selector::parse("site=b").unwrap())),
+        ];
+        let decide = |device: &DeviceRecord, model: &str| deciding_deployment(&deployments, model, device).map(|found| found.version);
+        assert_eq!(decide(&device("d1", &[("site", "a")]), "m"), Some(2));
+        assert_eq!(decide(&device("d2", &[("site", "b")]), "m"), Some(1));
+        assert_eq!(decide(&device("d9", &[("site", "a")]), "m"), Some(3));
+        assert_eq!(decide(&device("d2", &[("site", "b")]), "other"), Some(7));
+        assert_eq!(decide(&device("d1", &[("site", "a")]), "other"), None);
+    }
+}
