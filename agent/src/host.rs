@@ -44,7 +44,10 @@ impl ModelHost {
     }
 
     pub fn swap(&self, loaded: Arc<LoadedModel>) -> Option<Arc<LoadedModel>> {
-        self.models.write().ok()?.insert(loaded.model.clone(), loaded)
+        self.models
+            .write()
+            .ok()?
+            .insert(loaded.model.clone(), loaded)
     }
 
     pub fn remove(&self, model: &str) -> Option<Arc<LoadedModel>> {
@@ -52,7 +55,11 @@ impl ModelHost {
     }
 
     pub fn model_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.models.read().map(|models| models.keys().cloned().collect()).unwrap_or_default();
+        let mut names: Vec<String> = self
+            .models
+            .read()
+            .map(|models| models.keys().cloned().collect())
+            .unwrap_or_default();
         names.sort();
         names
     }
@@ -83,7 +90,9 @@ impl ModelHost {
 
     /// The figures since the last drain, per model version; resets the window.
     pub fn drain_figures(&self) -> Vec<ModelFigures> {
-        let Ok(mut figures) = self.figures.lock() else { return Vec::new() };
+        let Ok(mut figures) = self.figures.lock() else {
+            return Vec::new();
+        };
         let mut drained: Vec<ModelFigures> = figures
             .drain()
             .map(|((model, version), window)| ModelFigures {
@@ -94,7 +103,8 @@ impl ModelHost {
                 latency_us: window.latency_us.snapshot(),
             })
             .collect();
-        drained.sort_by(|left, right| (&left.model, left.version).cmp(&(&right.model, right.version)));
+        drained
+            .sort_by(|left, right| (&left.model, left.version).cmp(&(&right.model, right.version)));
         drained
     }
 }

@@ -31,7 +31,11 @@ pub struct PlaneMqtt {
 
 impl PlaneMqtt {
     pub async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> bool {
-        match self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await {
+        match self
+            .client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+        {
             Ok(()) => true,
             Err(error) => {
                 tracing::warn!(%error, "publish not queued");
@@ -59,14 +63,25 @@ impl PlaneLink {
         fetches: mpsc::Sender<Inbound>,
         controller: mpsc::Sender<ControllerCommand>,
     ) -> (PlaneLink, PlaneMqtt) {
-        let client_id = format!("fleetml-plane-{}-{:08x}", topics.root().replace('/', "-"), fastrand::u32(..));
+        let client_id = format!(
+            "fleetml-plane-{}-{:08x}",
+            topics.root().replace('/', "-"),
+            fastrand::u32(..)
+        );
         let mut options = MqttOptions::new(client_id, host, port);
         options.set_keep_alive(Duration::from_secs(15));
         options.set_clean_session(true);
         options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
         options.set_inflight(INFLIGHT);
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-        let link = PlaneLink { topics, eventloop, client: client.clone(), ingest, fetches, controller };
+        let link = PlaneLink {
+            topics,
+            eventloop,
+            client: client.clone(),
+            ingest,
+            fetches,
+            controller,
+        };
         (link, PlaneMqtt { client })
     }
 

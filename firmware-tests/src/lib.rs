@@ -1,1 +1,567 @@
-//! placeholder
+//! The firmware-test harness: starts the real `fleetml` and `fleetml-agent` binaries (built
+//! beforehand with `cargo build --workspace --bins`) on free ports in a temporary folder,
+//! talks to them over HTTP and MQTT, and injects faults.
+//!
+//! Every process is killed when its handle drops; its output is kept in the test's folder
+//! and printed when a test fails.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+pub use fleetml_plane::api::views::{DeviceView, SlotView};
+
+/// How long a test waits for a condition unless it says otherwise.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The folder holding the built binaries: next to this test executable's `deps/` folder.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("FLEETML_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("test executable path");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("target folder")
+}
+
+pub fn binary(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` before the firmware tests",
+        path.display()
+    );
+    path
+}
+
+/// A unique topic root, so tests sharing a broker never see each other's messages.
+pub fn unique_root() -> String {
+    format!("fmtest-{}-{:08x}", std::process::id(), fastrand::u32(..))
+}
+
+/// Polls `probe` until it returns `Some`, or fails after `timeout` with `what`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if started.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A child process whose output goes to a log file; killed on drop.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl Process {
+    /// Spawns `command` and waits until a line of its standard output starts with `ready_prefix`.
+    fn spawn(
+        name: &str,
+        mut command: Command,
+        log_path: PathBuf,
+        ready_prefix: &str,
+    ) -> anyhow::Result<(Process, String)> {
+        command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .stdin(Stdio::null());
+        command.env("FLEETML_LOG", "info,rumqttd=warn,rumqttc=warn");
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("spawning {name}"))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (line_sender, line_receiver) = mpsc::channel::<String>();
+        for (stream, sender) in [
+            (
+                Box::new(stdout) as Box<dyn std::io::Read + Send>,
+                Some(line_sender),
+            ),
+            (Box::new(stderr), None),
+        ] {
+            let mut log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&log_path)?;
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = writeln!(log, "{line}");
+                    if let Some(sender) = &sender {
+                        let _ = sender.send(line);
+                    }
+                }
+            });
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut process = Process {
+            name: name.to_string(),
+            child,
+            log_path,
+        };
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match line_receiver.recv_timeout(remaining) {
+                Ok(line) if line.starts_with(ready_prefix) => return Ok((process, line)),
+                Ok(_) => continue,
+                Err(_) => {
+                    let status = process.child.try_wait().ok().flatten();
+                    bail!(
+                        "{name} did not become ready (exit status {status:?}); log:\n{}",
+                        process.log_tail()
+                    );
+                }
+            }
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(60)..].join("\n")
+    }
+
+    /// SIGKILL: no clean shutdown, no goodbye message (the broker sends the last will).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "---- {} log ({}) ----\n{}",
+                self.name,
+                self.log_path.display(),
+                self.log_tail()
+            );
+        }
+        self.kill();
+    }
+}
+
+fn address_after(line: &str, marker: &str) -> anyhow::Result<String> {
+    let start = line
+        .find(marker)
+        .with_context(|| format!("`{marker}` not in `{line}`"))?
+        + marker.len();
+    Ok(line[start..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct PlaneOptions {
+    /// An external broker; default: the plane's embedded one on a free port.
+    pub mqtt_url: Option<String>,
+    /// Default: SQLite in the test folder.
+    pub database_url: Option<String>,
+    pub topic_root: Option<String>,
+    pub extra_args: Vec<String>,
+}
+
+/// A running `fleetml serve`.
+pub struct Plane {
+    pub process: Process,
+    pub dir: PathBuf,
+    pub api: String,
+    pub mqtt_url: String,
+    pub topic_root: String,
+    pub token: String,
+    pub signing_key: PathBuf,
+    pub public_key: PathBuf,
+    pub http: reqwest::Client,
+}
+
+impl Plane {
+    /// Starts a plane with a signing key the test holds too (to forge and replay messages).
+    pub async fn start(dir: &Path, options: PlaneOptions) -> Plane {
+        let key_dir = dir.join("keys");
+        let status = Command::new(binary("fleetml"))
+            .args(["keys", "generate", "--out"])
+            .arg(&key_dir)
+            .status()
+            .unwrap();
+        assert!(status.success(), "fleetml keys generate failed");
+        let token = format!("test-token-{:016x}", fastrand::u64(..));
+        let topic_root = options.topic_root.clone().unwrap_or_else(unique_root);
+        let data_dir = dir.join("plane");
+        let mut command = Command::new(binary("fleetml"));
+        command
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--mqtt-topic-root",
+                &topic_root,
+                "--admin-token",
+                &token,
+            ])
+            .arg("--signing-key")
+            .arg(key_dir.join("signing.key"));
+        match &options.mqtt_url {
+            Some(url) => command.args(["--mqtt-url", url]),
+            None => command.args(["--mqtt-listen", "127.0.0.1:0"]),
+        };
+        if let Some(url) = &options.database_url {
+            command.args(["--database-url", url]);
+        }
+        command.args(&options.extra_args);
+        let (process, line) = Process::spawn(
+            "plane",
+            command,
+            dir.join("plane.log"),
+            "fleetml control plane:",
+        )
+        .unwrap();
+        let api = address_after(&line, "API ").unwrap();
+        let mqtt_url = address_after(&line, "broker ").unwrap();
+        Plane {
+            process,
+            dir: dir.to_path_buf(),
+            api,
+            mqtt_url,
+            topic_root,
+            token,
+            signing_key: key_dir.join("signing.key"),
+            public_key: key_dir.join("signing.pub"),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn signing_key_pair(&self) -> fleetml_shared::signing::SigningKeyPair {
+        fleetml_shared::signing::SigningKeyPair::read(&self.signing_key).unwrap()
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Pushes an ONNX file; returns (status, answer).
+    pub async fn push(&self, model: &str, onnx: Vec<u8>) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/models/{model}/versions", self.api))
+            .bearer_auth(&self.token)
+            .header("content-type", "application/octet-stream")
+            .body(onnx)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn push_ok(&self, model: &str, onnx: Vec<u8>) -> i64 {
+        let (status, answer) = self.push(model, onnx).await;
+        assert_eq!(status, 201, "push of {model} failed: {answer}");
+        answer["version"].as_i64().unwrap()
+    }
+
+    pub async fn deploy(&self, model: &str, version: i64, target: (&str, &str)) -> Value {
+        let body = serde_json::json!({ "model": model, "version": version, target.0: target.1 });
+        let (status, answer) = self.post("/api/v1/deployments", &body).await;
+        assert_eq!(status, 201, "deploy failed: {answer}");
+        answer
+    }
+
+    pub async fn devices(&self) -> Vec<DeviceView> {
+        let (status, answer) = self.get("/api/v1/devices").await;
+        assert_eq!(status, 200, "{answer}");
+        serde_json::from_value(answer).unwrap()
+    }
+
+    pub async fn device(&self, device_id: &str) -> Option<DeviceView> {
+        self.devices()
+            .await
+            .into_iter()
+            .find(|device| device.device_id == device_id)
+    }
+
+    pub async fn slot(&self, device_id: &str, model: &str) -> Option<SlotView> {
+        self.device(device_id)
+            .await?
+            .slots
+            .into_iter()
+            .find(|slot| slot.model == model)
+    }
+
+    /// Waits until the device reports `version` of `model` active.
+    pub async fn wait_active(&self, device_id: &str, model: &str, version: i64) {
+        wait_for(
+            &format!("{device_id} to run {model}@{version}"),
+            TIMEOUT,
+            || async {
+                let slot = self.slot(device_id, model).await?;
+                (slot.active_version == Some(version as u64) && slot.phase == "active")
+                    .then_some(())
+            },
+        )
+        .await
+    }
+
+    /// Waits for the device's last install result for `version` to be a refusal; returns it.
+    pub async fn wait_refused(
+        &self,
+        device_id: &str,
+        model: &str,
+        version: i64,
+    ) -> fleetml_plane::api::views::InstallResultView {
+        wait_for(
+            &format!("{device_id} to refuse {model}@{version}"),
+            TIMEOUT,
+            || async {
+                let result = self.slot(device_id, model).await?.last_result?;
+                (!result.ok && result.version == version as u64).then_some(result)
+            },
+        )
+        .await
+    }
+
+    pub async fn status(&self) -> Value {
+        self.get("/api/v1/status").await.1
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    pub labels: Vec<(String, String)>,
+    pub extra_args: Vec<String>,
+}
+
+/// A running `fleetml-agent run`.
+pub struct Agent {
+    pub process: Process,
+    pub device_id: String,
+    pub api: String,
+    pub state_dir: PathBuf,
+}
+
+impl Agent {
+    pub async fn start(plane: &Plane, device_id: &str, options: AgentOptions) -> Agent {
+        Self::start_with_broker(plane, &plane.mqtt_url, device_id, options).await
+    }
+
+    pub async fn start_with_broker(
+        plane: &Plane,
+        mqtt_url: &str,
+        device_id: &str,
+        options: AgentOptions,
+    ) -> Agent {
+        let state_dir = plane.dir.join("agents").join(device_id);
+        let mut command = Command::new(binary("fleetml-agent"));
+        command
+            .args([
+                "run",
+                "--device-id",
+                device_id,
+                "--mqtt-url",
+                mqtt_url,
+                "--mqtt-topic-root",
+                &plane.topic_root,
+            ])
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .arg("--trusted-key")
+            .arg(&plane.public_key)
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--heartbeat-seconds",
+                "0.5",
+                "--transfer-stall-seconds",
+                "2",
+                "--inference-threads",
+                "1",
+            ]);
+        for (key, value) in &options.labels {
+            command.arg("--label").arg(format!("{key}={value}"));
+        }
+        command.args(&options.extra_args);
+        let log_path = plane.dir.join(format!("agent-{device_id}.log"));
+        let (process, line) = Process::spawn(
+            &format!("agent {device_id}"),
+            command,
+            log_path,
+            "fleetml-agent: device",
+        )
+        .unwrap();
+        let api = address_after(&line, "local API ").unwrap();
+        Agent {
+            process,
+            device_id: device_id.to_string(),
+            api,
+            state_dir,
+        }
+    }
+
+    pub async fn infer(&self, model: &str, body: &Value) -> (u16, Value) {
+        let response = reqwest::Client::new()
+            .post(format!("{}/v2/models/{model}/infer", self.api))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+}
+
+/// Models for the tests, made in Rust (the demo's classifier): two versions with the same
+/// inputs, `features` FP32 [N, 4].
+pub fn demo_models() -> (Vec<u8>, Vec<u8>) {
+    use fleetml_plane::demo::classifier::{Classifier, dataset};
+    let (features, labels) = dataset(600, 3);
+    let linear = Classifier::train(&features, &labels, 0, 100, 0.5, 5);
+    let mlp = Classifier::train(&features, &labels, 8, 100, 0.5, 5);
+    (linear.to_onnx("test"), mlp.to_onnx("test"))
+}
+
+pub fn features_request(rows: &[[f32; 4]]) -> Value {
+    let data: Vec<f32> = rows.iter().flatten().copied().collect();
+    serde_json::json!({ "inputs": [{ "name": "features", "shape": [rows.len(), 4], "datatype": "FP32", "data": data }] })
+}
+
+pub fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join("models")
+        .join(name)
+}
+
+/// A raw MQTT client for injecting messages.
+pub struct MqttProbe {
+    pub client: rumqttc::AsyncClient,
+    task: tokio::task::JoinHandle<()>,
+    pub received: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+}
+
+impl MqttProbe {
+    pub async fn connect(mqtt_url: &str) -> MqttProbe {
+        let address = fleetml_shared::broker::BrokerAddress::parse(mqtt_url).unwrap();
+        let mut options = rumqttc::MqttOptions::new(
+            format!("fmtest-probe-{:08x}", fastrand::u32(..)),
+            address.host,
+            address.port,
+        );
+        options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
+        let (sender, received) = tokio::sync::mpsc::unbounded_channel();
+        let (connected_sender, connected) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut connected_sender = Some(connected_sender);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        if let Some(connected) = connected_sender.take() {
+                            let _ = connected.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
+                        let _ = sender.send((publish.topic.clone(), publish.payload.to_vec()));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(TIMEOUT, connected)
+            .await
+            .expect("probe connects")
+            .expect("probe task");
+        MqttProbe {
+            client,
+            task,
+            received,
+        }
+    }
+
+    pub async fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) {
+        self.client
+            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
+            .await
+            .unwrap();
+    }
+
+    pub async fn subscribe(&self, filter: &str) {
+        self.client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+    }
+
+    /// The next message on `topic`, within the timeout.
+    pub async fn next_on(&mut self, topic: &str) -> Vec<u8> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            match tokio::time::timeout_at(deadline, self.received.recv()).await {
+                Ok(Some((received_topic, payload))) if received_topic == topic => return payload,
+                Ok(Some(_)) => continue,
+                _ => panic!("no message on {topic}"),
+            }
+        }
+    }
+}
+
+impl Drop for MqttProbe {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn test_dir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("fleetml-it-")
+        .tempdir()
+        .unwrap()
+}

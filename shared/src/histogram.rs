@@ -23,7 +23,9 @@ pub struct HistogramSnapshot {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { counts: vec![0; N_BUCKETS] }
+        Histogram {
+            counts: vec![0; N_BUCKETS],
+        }
     }
 }
 
@@ -132,7 +134,10 @@ mod tests {
         }
         for (quantile, exact) in [(0.5, 5_000.0), (0.95, 9_500.0), (0.99, 9_900.0)] {
             let estimate = histogram.quantile(quantile).unwrap();
-            assert!((estimate - exact).abs() / exact < 0.07, "q{quantile}: {estimate} vs {exact}");
+            assert!(
+                (estimate - exact).abs() / exact < 0.07,
+                "q{quantile}: {estimate} vs {exact}"
+            );
         }
     }
 
@@ -142,7 +147,11 @@ mod tests {
         let mut right = Histogram::default();
         let mut both = Histogram::default();
         for value in 0..500u64 {
-            let histogram = if value % 3 == 0 { &mut left } else { &mut right };
+            let histogram = if value % 3 == 0 {
+                &mut left
+            } else {
+                &mut right
+            };
             histogram.record(value * 37);
             both.record(value * 37);
         }

@@ -1,1 +1,7 @@
+//! Black-box tests of the real binaries: one test binary, one module per area.
 
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod models;
+mod spine;
