@@ -146,11 +146,14 @@ pub fn inspect(onnx: &[u8]) -> Result<(Vec<TensorSpec>, Vec<TensorSpec>), ModelE
     Ok((inputs, outputs?))
 }
 
+/// Inputs, and outputs or why they cannot be served.
+type InspectedParts = (Vec<TensorSpec>, Result<Vec<TensorSpec>, ModelError>);
+
 /// Like `inspect`, but an unservable output is returned as its own error, so that tract can
 /// be asked first and give its own reason.
 fn inspect_parts(
     onnx: &[u8],
-) -> Result<(Vec<TensorSpec>, Result<Vec<TensorSpec>, ModelError>), ModelError> {
+) -> Result<InspectedParts, ModelError> {
     let model =
         pb::ModelProto::decode(onnx).map_err(|error| ModelError::NotOnnx(error.to_string()))?;
     let graph = model

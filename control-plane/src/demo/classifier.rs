@@ -125,6 +125,7 @@ impl Classifier {
     }
 
     /// Full-batch gradient descent on cross-entropy.
+    #[allow(clippy::needless_range_loop)] // Index loops mirror the maths of backpropagation.
     pub fn train(
         features: &[[f32; N_FEATURES]],
         labels: &[usize],

@@ -3,6 +3,8 @@
 //! below at this boundary; nothing above it sees SQL types.
 
 mod sql;
+#[cfg(test)]
+pub(crate) mod tests;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
