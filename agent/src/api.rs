@@ -30,11 +30,7 @@ pub struct ApiState {
 
 impl ApiState {
     pub fn new(pool: InferencePool, default_device: Option<String>) -> Self {
-        ApiState {
-            hosts: Arc::new(RwLock::new(HashMap::new())),
-            default_device,
-            pool,
-        }
+        ApiState { hosts: Arc::new(RwLock::new(HashMap::new())), default_device, pool }
     }
 
     pub fn add_host(&self, host: Arc<ModelHost>) {
@@ -44,10 +40,7 @@ impl ApiState {
     }
 
     fn host(&self, params: &HashMap<String, String>) -> Result<Arc<ModelHost>, ApiError> {
-        let device = params
-            .get("device")
-            .or(self.default_device.as_ref())
-            .ok_or(ApiError::NotFound("no device on this path".into()))?;
+        let device = params.get("device").or(self.default_device.as_ref()).ok_or(ApiError::NotFound("no device on this path".into()))?;
         self.hosts
             .read()
             .ok()
@@ -85,10 +78,9 @@ pub enum ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApiError::NotFound(message)
-            | ApiError::BadRequest(message)
-            | ApiError::Unavailable(message)
-            | ApiError::Internal(message) => f.write_str(message),
+            ApiError::NotFound(message) | ApiError::BadRequest(message) | ApiError::Unavailable(message) | ApiError::Internal(message) => {
+                f.write_str(message)
+            }
         }
     }
 }
@@ -101,11 +93,7 @@ impl IntoResponse for ApiError {
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response()
+        (status, Json(serde_json::json!({ "error": self.to_string() }))).into_response()
     }
 }
 
@@ -113,58 +101,35 @@ impl From<InferenceError> for ApiError {
     fn from(error: InferenceError) -> Self {
         match error {
             _ if error.is_client_error() => ApiError::BadRequest(error.to_string()),
-            InferenceError::Overloaded | InferenceError::ShutDown => {
-                ApiError::Unavailable(error.to_string())
-            }
+            InferenceError::Overloaded | InferenceError::ShutDown => ApiError::Unavailable(error.to_string()),
             other => ApiError::Internal(other.to_string()),
         }
     }
 }
 
 async fn server_metadata() -> Json<serde_json::Value> {
-    Json(
-        serde_json::json!({ "name": "fleetml-agent", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }),
-    )
+    Json(serde_json::json!({ "name": "fleetml-agent", "version": env!("CARGO_PKG_VERSION"), "extensions": [] }))
 }
 
 async fn live() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "live": true }))
 }
 
-async fn ready(
-    State(state): State<ApiState>,
-    Path(params): Path<HashMap<String, String>>,
-) -> Result<Response, ApiError> {
+async fn ready(State(state): State<ApiState>, Path(params): Path<HashMap<String, String>>) -> Result<Response, ApiError> {
     let host = state.host(&params)?;
     let is_ready = host.is_ready();
-    let status = if is_ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    Ok((
-        status,
-        Json(serde_json::json!({ "ready": is_ready, "models": host.model_names() })),
-    )
-        .into_response())
+    let status = if is_ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    Ok((status, Json(serde_json::json!({ "ready": is_ready, "models": host.model_names() }))).into_response())
 }
 
-fn served_model(
-    state: &ApiState,
-    params: &HashMap<String, String>,
-) -> Result<Arc<LoadedModel>, ApiError> {
+fn served_model(state: &ApiState, params: &HashMap<String, String>) -> Result<Arc<LoadedModel>, ApiError> {
     let host = state.host(params)?;
     let name = params.get("name").cloned().unwrap_or_default();
-    let model = host.get(&name).ok_or_else(|| {
-        ApiError::NotFound(format!("model `{name}` is not served on this device"))
-    })?;
+    let model = host.get(&name).ok_or_else(|| ApiError::NotFound(format!("model `{name}` is not served on this device")))?;
     if let Some(version) = params.get("version")
         && version.parse::<u64>().ok() != Some(model.version)
     {
-        return Err(ApiError::NotFound(format!(
-            "model `{name}` serves version {}, not {version}",
-            model.version
-        )));
+        return Err(ApiError::NotFound(format!("model `{name}` serves version {}, not {version}", model.version)));
     }
     Ok(model)
 }
@@ -184,11 +149,7 @@ async fn model_metadata(
     let describe = |specs: &[fleetml_shared::bundle::TensorSpec]| -> Vec<TensorMetadata> {
         specs
             .iter()
-            .map(|spec| TensorMetadata {
-                name: spec.name.clone(),
-                datatype: spec.dtype.oip_name(),
-                shape: spec.oip_shape(),
-            })
+            .map(|spec| TensorMetadata { name: spec.name.clone(), datatype: spec.dtype.oip_name(), shape: spec.oip_shape() })
             .collect()
     };
     Ok(Json(serde_json::json!({
@@ -205,9 +166,7 @@ async fn model_ready(
     Path(params): Path<HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let model = served_model(&state, &params)?;
-    Ok(Json(
-        serde_json::json!({ "name": model.model, "version": model.version.to_string(), "ready": true }),
-    ))
+    Ok(Json(serde_json::json!({ "name": model.model, "version": model.version.to_string(), "ready": true })))
 }
 
 #[derive(Deserialize)]
@@ -245,8 +204,7 @@ impl<'de> Deserialize<'de> for FlatNumbers {
         impl Flattener<'_> {
             fn push_float(&mut self, value: f64) {
                 if let FlatNumbers::Integers(integers) = self.0 {
-                    *self.0 =
-                        FlatNumbers::Floats(integers.iter().map(|&value| value as f64).collect());
+                    *self.0 = FlatNumbers::Floats(integers.iter().map(|&value| value as f64).collect());
                 }
                 if let FlatNumbers::Floats(floats) = self.0 {
                     floats.push(value);
@@ -306,43 +264,22 @@ impl<'de> Deserialize<'de> for FlatNumbers {
 
 fn to_tensor(input: RequestInput) -> Result<TensorData, ApiError> {
     let dtype = DType::from_oip_name(&input.datatype).ok_or_else(|| {
-        ApiError::BadRequest(format!(
-            "input `{}`: datatype `{}` is not supported (FP32, INT64)",
-            input.name, input.datatype
-        ))
+        ApiError::BadRequest(format!("input `{}`: datatype `{}` is not supported (FP32, INT64)", input.name, input.datatype))
     })?;
     let shape: Vec<u64> = input
         .shape
         .iter()
-        .map(|&dim| {
-            u64::try_from(dim).map_err(|_| {
-                ApiError::BadRequest(format!(
-                    "input `{}`: negative dimension in shape",
-                    input.name
-                ))
-            })
-        })
+        .map(|&dim| u64::try_from(dim).map_err(|_| ApiError::BadRequest(format!("input `{}`: negative dimension in shape", input.name))))
         .collect::<Result<_, _>>()?;
     let values = match (dtype, input.data) {
-        (DType::F32, FlatNumbers::Floats(values)) => {
-            TensorValues::F32(values.into_iter().map(|value| value as f32).collect())
-        }
-        (DType::F32, FlatNumbers::Integers(values)) => {
-            TensorValues::F32(values.into_iter().map(|value| value as f32).collect())
-        }
+        (DType::F32, FlatNumbers::Floats(values)) => TensorValues::F32(values.into_iter().map(|value| value as f32).collect()),
+        (DType::F32, FlatNumbers::Integers(values)) => TensorValues::F32(values.into_iter().map(|value| value as f32).collect()),
         (DType::I64, FlatNumbers::Integers(values)) => TensorValues::I64(values),
         (DType::I64, FlatNumbers::Floats(_)) => {
-            return Err(ApiError::BadRequest(format!(
-                "input `{}`: INT64 data must be integers",
-                input.name
-            )));
+            return Err(ApiError::BadRequest(format!("input `{}`: INT64 data must be integers", input.name)));
         }
     };
-    Ok(TensorData {
-        name: input.name,
-        shape,
-        values,
-    })
+    Ok(TensorData { name: input.name, shape, values })
 }
 
 #[derive(Serialize)]
@@ -367,22 +304,12 @@ async fn infer(
 ) -> Result<Response, ApiError> {
     let host = state.host(&params)?;
     let model = served_model(&state, &params)?;
-    let request: InferRequest = serde_json::from_slice(&body).map_err(|error| {
-        ApiError::BadRequest(format!(
-            "request body is not a valid inference request: {error}"
-        ))
-    })?;
-    let inputs: Vec<TensorData> = request
-        .inputs
-        .into_iter()
-        .map(to_tensor)
-        .collect::<Result<_, _>>()?;
+    let request: InferRequest = serde_json::from_slice(&body)
+        .map_err(|error| ApiError::BadRequest(format!("request body is not a valid inference request: {error}")))?;
+    let inputs: Vec<TensorData> = request.inputs.into_iter().map(to_tensor).collect::<Result<_, _>>()?;
     for wanted in &request.outputs {
         if !model.outputs.iter().any(|spec| spec.name == wanted.name) {
-            return Err(ApiError::BadRequest(format!(
-                "model `{}` has no output `{}`",
-                model.model, wanted.name
-            )));
+            return Err(ApiError::BadRequest(format!("model `{}` has no output `{}`", model.model, wanted.name)));
         }
     }
     let started = Instant::now();
@@ -403,26 +330,14 @@ async fn infer(
     };
     let outputs: Vec<ResponseOutput> = outputs
         .into_iter()
-        .filter(|output| {
-            request.outputs.is_empty()
-                || request
-                    .outputs
-                    .iter()
-                    .any(|wanted| wanted.name == output.name)
-        })
+        .filter(|output| request.outputs.is_empty() || request.outputs.iter().any(|wanted| wanted.name == output.name))
         .map(|output| match output.values {
-            TensorValues::F32(values) => ResponseOutput {
-                name: output.name,
-                datatype: "FP32",
-                shape: output.shape,
-                data: ResponseData::Floats(values),
-            },
-            TensorValues::I64(values) => ResponseOutput {
-                name: output.name,
-                datatype: "INT64",
-                shape: output.shape,
-                data: ResponseData::Integers(values),
-            },
+            TensorValues::F32(values) => {
+                ResponseOutput { name: output.name, datatype: "FP32", shape: output.shape, data: ResponseData::Floats(values) }
+            }
+            TensorValues::I64(values) => {
+                ResponseOutput { name: output.name, datatype: "INT64", shape: output.shape, data: ResponseData::Integers(values) }
+            }
         })
         .collect();
     let mut response = serde_json::json!({
@@ -442,48 +357,26 @@ mod tests {
 
     #[track_caller]
     fn check(json: &str, datatype: &str, expected: Result<TensorValues, &str>) {
-        let input: RequestInput = serde_json::from_str(&format!(
-            r#"{{"name":"x","shape":[2,2],"datatype":"{datatype}","data":{json}}}"#
-        ))
-        .unwrap();
+        let input: RequestInput =
+            serde_json::from_str(&format!(r#"{{"name":"x","shape":[2,2],"datatype":"{datatype}","data":{json}}}"#)).unwrap();
         match (to_tensor(input), expected) {
             (Ok(tensor), Ok(values)) => assert_eq!(tensor.values, values),
             (Err(error), Err(part)) => assert!(error.to_string().contains(part), "{error}"),
-            (got, want) => panic!(
-                "{json}: got {:?}, want {want:?}",
-                got.map(|tensor| tensor.values)
-            ),
+            (got, want) => panic!("{json}: got {:?}, want {want:?}", got.map(|tensor| tensor.values)),
         }
     }
 
     #[test]
     fn request_data_flattens_and_converts() {
-        check(
-            "[1,2,3,4]",
-            "FP32",
-            Ok(TensorValues::F32(vec![1.0, 2.0, 3.0, 4.0])),
-        );
-        check(
-            "[[1.5,2],[3,4]]",
-            "FP32",
-            Ok(TensorValues::F32(vec![1.5, 2.0, 3.0, 4.0])),
-        );
-        check(
-            "[[1,2],[3,9007199254740993]]",
-            "INT64",
-            Ok(TensorValues::I64(vec![1, 2, 3, 9007199254740993])),
-        );
+        check("[1,2,3,4]", "FP32", Ok(TensorValues::F32(vec![1.0, 2.0, 3.0, 4.0])));
+        check("[[1.5,2],[3,4]]", "FP32", Ok(TensorValues::F32(vec![1.5, 2.0, 3.0, 4.0])));
+        check("[[1,2],[3,9007199254740993]]", "INT64", Ok(TensorValues::I64(vec![1, 2, 3, 9007199254740993])));
         check("[1.5,2,3,4]", "INT64", Err("must be integers"));
         check("[1,2,3,4]", "BYTES", Err("not supported"));
     }
 
     #[test]
     fn non_numeric_data_is_a_parse_error() {
-        assert!(
-            serde_json::from_str::<RequestInput>(
-                r#"{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}"#
-            )
-            .is_err()
-        );
+        assert!(serde_json::from_str::<RequestInput>(r#"{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}"#).is_err());
     }
 }

@@ -21,10 +21,7 @@ pub struct ConfigError {
 }
 
 fn config_error(field: &str, reason: impl ToString) -> ConfigError {
-    ConfigError {
-        field: field.to_string(),
-        reason: reason.to_string(),
-    }
+    ConfigError { field: field.to_string(), reason: reason.to_string() }
 }
 
 /// Settings shared by one agent and by every agent of a simulated fleet.
@@ -56,12 +53,10 @@ pub struct TestingConfig {
 
 impl TestingConfig {
     pub fn forces_self_test_failure(&self, model: &str, version: u64) -> bool {
-        self.fail_self_test
-            .iter()
-            .any(|spec| match spec.split_once('@') {
-                Some((name, wanted)) => name == model && wanted.parse::<u64>() == Ok(version),
-                None => spec == model || spec == "*",
-            })
+        self.fail_self_test.iter().any(|spec| match spec.split_once('@') {
+            Some((name, wanted)) => name == model && wanted.parse::<u64>() == Ok(version),
+            None => spec == model || spec == "*",
+        })
     }
 }
 
@@ -123,11 +118,7 @@ pub struct CommonArgs {
     #[arg(long, env = "FLEETML_AGENT_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
     /// A public key (PEM) whose signatures this device trusts; repeatable.
-    #[arg(
-        long = "trusted-key",
-        env = "FLEETML_AGENT_TRUSTED_KEYS",
-        value_delimiter = ','
-    )]
+    #[arg(long = "trusted-key", env = "FLEETML_AGENT_TRUSTED_KEYS", value_delimiter = ',')]
     pub trusted_keys: Vec<PathBuf>,
     /// A device label, key=value; repeatable.
     #[arg(long = "label", env = "FLEETML_AGENT_LABELS", value_delimiter = ',')]
@@ -145,11 +136,7 @@ pub struct CommonArgs {
     #[arg(long, env = "FLEETML_AGENT_INFERENCE_THREADS")]
     pub inference_threads: Option<usize>,
     /// TESTING ONLY: make the self-test of NAME or NAME@VERSION fail on this device; repeatable.
-    #[arg(
-        long = "testing-fail-self-test",
-        env = "FLEETML_AGENT_TESTING_FAIL_SELF_TEST",
-        value_delimiter = ','
-    )]
+    #[arg(long = "testing-fail-self-test", env = "FLEETML_AGENT_TESTING_FAIL_SELF_TEST", value_delimiter = ',')]
     pub testing_fail_self_test: Vec<String>,
 }
 
@@ -175,10 +162,8 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| config_error("--config", format!("{}: {error}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|error| config_error("--config", format!("{}: {error}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|error| config_error("--config", format!("{}: {error}", path.display())))?;
+        toml::from_str(&text).map_err(|error| config_error("--config", format!("{}: {error}", path.display())))
     }
 }
 
@@ -195,44 +180,18 @@ pub struct Resolved {
     pub testing: TestingConfig,
 }
 
-pub fn resolve(
-    args: &CommonArgs,
-    file: &FileConfig,
-    default_http: SocketAddr,
-) -> Result<Resolved, ConfigError> {
-    let mqtt_url = args
-        .mqtt_url
-        .clone()
-        .or_else(|| file.mqtt_url.clone())
-        .unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
-    let broker =
-        BrokerAddress::parse(&mqtt_url).map_err(|error| config_error("mqtt_url", error))?;
-    let topic_root = args
-        .mqtt_topic_root
-        .clone()
-        .or_else(|| file.mqtt_topic_root.clone())
-        .unwrap_or_else(|| "fleetml".into());
+pub fn resolve(args: &CommonArgs, file: &FileConfig, default_http: SocketAddr) -> Result<Resolved, ConfigError> {
+    let mqtt_url = args.mqtt_url.clone().or_else(|| file.mqtt_url.clone()).unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
+    let broker = BrokerAddress::parse(&mqtt_url).map_err(|error| config_error("mqtt_url", error))?;
+    let topic_root = args.mqtt_topic_root.clone().or_else(|| file.mqtt_topic_root.clone()).unwrap_or_else(|| "fleetml".into());
     if topic_root.is_empty() || topic_root.contains(['+', '#']) {
-        return Err(config_error(
-            "mqtt_topic_root",
-            "must be non-empty and contain no MQTT wildcards",
-        ));
+        return Err(config_error("mqtt_topic_root", "must be non-empty and contain no MQTT wildcards"));
     }
-    let state_dir = args
-        .state_dir
-        .clone()
-        .or_else(|| file.state_dir.clone())
-        .ok_or_else(|| config_error("state_dir", "required (--state-dir)"))?;
-    let key_paths = if args.trusted_keys.is_empty() {
-        &file.trusted_keys
-    } else {
-        &args.trusted_keys
-    };
+    let state_dir =
+        args.state_dir.clone().or_else(|| file.state_dir.clone()).ok_or_else(|| config_error("state_dir", "required (--state-dir)"))?;
+    let key_paths = if args.trusted_keys.is_empty() { &file.trusted_keys } else { &args.trusted_keys };
     if key_paths.is_empty() {
-        return Err(config_error(
-            "trusted_keys",
-            "at least one --trusted-key is required: the device accepts nothing unsigned",
-        ));
+        return Err(config_error("trusted_keys", "at least one --trusted-key is required: the device accepts nothing unsigned"));
     }
     let mut keys = Vec::new();
     for path in key_paths {
@@ -243,60 +202,31 @@ pub fn resolve(
         let (key, value) = parse_label(text).map_err(|error| config_error("label", error))?;
         labels.insert(key, value);
     }
-    let seconds =
-        |field: &str, value: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
-            let value = value.unwrap_or(default);
-            if !(value.is_finite() && value > 0.0 && value < 86_400.0) {
-                return Err(config_error(
-                    field,
-                    format!("{value} is not a number of seconds in (0, 86400)"),
-                ));
-            }
-            Ok(Duration::from_secs_f64(value))
-        };
-    let heartbeat_interval = seconds(
-        "heartbeat_seconds",
-        args.heartbeat_seconds.or(file.heartbeat_seconds),
-        10.0,
-    )?;
-    let stall_timeout = seconds(
-        "transfer_stall_seconds",
-        args.transfer_stall_seconds.or(file.transfer_stall_seconds),
-        10.0,
-    )?;
+    let seconds = |field: &str, value: Option<f64>, default: f64| -> Result<Duration, ConfigError> {
+        let value = value.unwrap_or(default);
+        if !(value.is_finite() && value > 0.0 && value < 86_400.0) {
+            return Err(config_error(field, format!("{value} is not a number of seconds in (0, 86400)")));
+        }
+        Ok(Duration::from_secs_f64(value))
+    };
+    let heartbeat_interval = seconds("heartbeat_seconds", args.heartbeat_seconds.or(file.heartbeat_seconds), 10.0)?;
+    let stall_timeout = seconds("transfer_stall_seconds", args.transfer_stall_seconds.or(file.transfer_stall_seconds), 10.0)?;
     let inference_threads = args
         .inference_threads
         .or(file.inference_threads)
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(usize::from)
-                .unwrap_or(1)
-        });
+        .unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1));
     if inference_threads == 0 || inference_threads > 256 {
-        return Err(config_error(
-            "inference_threads",
-            "must be between 1 and 256",
-        ));
+        return Err(config_error("inference_threads", "must be between 1 and 256"));
     }
-    let fail_self_test = if args.testing_fail_self_test.is_empty() {
-        file.testing_fail_self_test.clone()
-    } else {
-        args.testing_fail_self_test.clone()
-    };
+    let fail_self_test =
+        if args.testing_fail_self_test.is_empty() { file.testing_fail_self_test.clone() } else { args.testing_fail_self_test.clone() };
     Ok(Resolved {
         labels,
         state_dir,
         trusted_keys: TrustedKeys::new(keys),
-        link: LinkConfig {
-            broker,
-            topic_root,
-            keep_alive: Duration::from_secs(15),
-        },
+        link: LinkConfig { broker, topic_root, keep_alive: Duration::from_secs(15) },
         telemetry: TelemetryConfig { heartbeat_interval },
-        transfer: TransferConfig {
-            stall_timeout,
-            max_backoff: Duration::from_secs(60),
-        },
+        transfer: TransferConfig { stall_timeout, max_backoff: Duration::from_secs(60) },
         http: args.http.or(file.http).unwrap_or(default_http),
         inference_threads,
         testing: TestingConfig { fail_self_test },
@@ -307,10 +237,7 @@ pub fn check_device_id(device_id: &str) -> Result<(), ConfigError> {
     if is_valid_name(device_id) {
         Ok(())
     } else {
-        Err(config_error(
-            "device_id",
-            format!("`{device_id}` must be 1-128 characters of A-Z a-z 0-9 - _ ."),
-        ))
+        Err(config_error("device_id", format!("`{device_id}` must be 1-128 characters of A-Z a-z 0-9 - _ .")))
     }
 }
 
@@ -334,18 +261,11 @@ mod tests {
             key.display()
         ))
         .unwrap();
-        let args = CommonArgs {
-            mqtt_url: Some("mqtt://flag:2".into()),
-            labels: vec!["site=b".into()],
-            ..CommonArgs::default()
-        };
+        let args = CommonArgs { mqtt_url: Some("mqtt://flag:2".into()), labels: vec!["site=b".into()], ..CommonArgs::default() };
         let resolved = resolve(&args, &file, "127.0.0.1:0".parse().unwrap()).unwrap();
         assert_eq!(resolved.link.broker.host, "flag");
         assert_eq!(resolved.state_dir, PathBuf::from("/from/file"));
-        assert_eq!(
-            resolved.telemetry.heartbeat_interval,
-            Duration::from_secs(3)
-        );
+        assert_eq!(resolved.telemetry.heartbeat_interval, Duration::from_secs(3));
         assert_eq!(resolved.labels.get("site").map(String::as_str), Some("b"));
         assert_eq!(resolved.labels.get("zone").map(String::as_str), Some("z"));
         assert_eq!(resolved.link.topic_root, "fleetml");
@@ -355,66 +275,18 @@ mod tests {
     fn invalid_settings_name_their_field() {
         let dir = tempfile::tempdir().unwrap();
         let key = key_file(dir.path());
-        let base = CommonArgs {
-            state_dir: Some(dir.path().into()),
-            trusted_keys: vec![key],
-            ..CommonArgs::default()
-        };
+        let base = CommonArgs { state_dir: Some(dir.path().into()), trusted_keys: vec![key], ..CommonArgs::default() };
         let http = "127.0.0.1:0".parse().unwrap();
         for (args, field) in [
-            (
-                CommonArgs {
-                    mqtt_url: Some("http://x".into()),
-                    ..base.clone()
-                },
-                "mqtt_url",
-            ),
-            (
-                CommonArgs {
-                    trusted_keys: vec![],
-                    ..base.clone()
-                },
-                "trusted_keys",
-            ),
-            (
-                CommonArgs {
-                    trusted_keys: vec![dir.path().join("missing.pub")],
-                    ..base.clone()
-                },
-                "trusted_keys",
-            ),
-            (
-                CommonArgs {
-                    labels: vec!["novalue".into()],
-                    ..base.clone()
-                },
-                "label",
-            ),
-            (
-                CommonArgs {
-                    heartbeat_seconds: Some(-1.0),
-                    ..base.clone()
-                },
-                "heartbeat_seconds",
-            ),
-            (
-                CommonArgs {
-                    mqtt_topic_root: Some("a/#".into()),
-                    ..base.clone()
-                },
-                "mqtt_topic_root",
-            ),
-            (
-                CommonArgs {
-                    state_dir: None,
-                    ..base.clone()
-                },
-                "state_dir",
-            ),
+            (CommonArgs { mqtt_url: Some("http://x".into()), ..base.clone() }, "mqtt_url"),
+            (CommonArgs { trusted_keys: vec![], ..base.clone() }, "trusted_keys"),
+            (CommonArgs { trusted_keys: vec![dir.path().join("missing.pub")], ..base.clone() }, "trusted_keys"),
+            (CommonArgs { labels: vec!["novalue".into()], ..base.clone() }, "label"),
+            (CommonArgs { heartbeat_seconds: Some(-1.0), ..base.clone() }, "heartbeat_seconds"),
+            (CommonArgs { mqtt_topic_root: Some("a/#".into()), ..base.clone() }, "mqtt_topic_root"),
+            (CommonArgs { state_dir: None, ..base.clone() }, "state_dir"),
         ] {
-            let error = resolve(&args, &FileConfig::default(), http)
-                .err()
-                .expect(field);
+            let error = resolve(&args, &FileConfig::default(), http).err().expect(field);
             assert_eq!(error.field, field, "{error}");
         }
         assert!(toml::from_str::<FileConfig>("unknown_key = 1").is_err());
@@ -422,9 +294,7 @@ mod tests {
 
     #[test]
     fn forced_self_test_failures_match_name_or_version() {
-        let testing = TestingConfig {
-            fail_self_test: vec!["a".into(), "b@2".into()],
-        };
+        let testing = TestingConfig { fail_self_test: vec!["a".into(), "b@2".into()] };
         assert!(testing.forces_self_test_failure("a", 7));
         assert!(testing.forces_self_test_failure("b", 2));
         assert!(!testing.forces_self_test_failure("b", 3));

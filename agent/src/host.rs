@@ -44,10 +44,7 @@ impl ModelHost {
     }
 
     pub fn swap(&self, loaded: Arc<LoadedModel>) -> Option<Arc<LoadedModel>> {
-        self.models
-            .write()
-            .ok()?
-            .insert(loaded.model.clone(), loaded)
+        self.models.write().ok()?.insert(loaded.model.clone(), loaded)
     }
 
     pub fn remove(&self, model: &str) -> Option<Arc<LoadedModel>> {
@@ -55,11 +52,7 @@ impl ModelHost {
     }
 
     pub fn model_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .models
-            .read()
-            .map(|models| models.keys().cloned().collect())
-            .unwrap_or_default();
+        let mut names: Vec<String> = self.models.read().map(|models| models.keys().cloned().collect()).unwrap_or_default();
         names.sort();
         names
     }
@@ -103,8 +96,7 @@ impl ModelHost {
                 latency_us: window.latency_us.snapshot(),
             })
             .collect();
-        drained
-            .sort_by(|left, right| (&left.model, left.version).cmp(&(&right.model, right.version)));
+        drained.sort_by(|left, right| (&left.model, left.version).cmp(&(&right.model, right.version)));
         drained
     }
 }

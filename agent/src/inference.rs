@@ -22,24 +22,11 @@ pub enum InferenceError {
     #[error("missing input `{0}`")]
     MissingInput(String),
     #[error("input `{name}` has datatype {got}, the model expects {expected}")]
-    WrongDatatype {
-        name: String,
-        expected: &'static str,
-        got: &'static str,
-    },
+    WrongDatatype { name: String, expected: &'static str, got: &'static str },
     #[error("input `{name}` has shape {got:?}, the model expects {expected:?} (-1: any size)")]
-    WrongShape {
-        name: String,
-        expected: Vec<i64>,
-        got: Vec<u64>,
-    },
+    WrongShape { name: String, expected: Vec<i64>, got: Vec<u64> },
     #[error("input `{name}` has {got} values, its shape {shape:?} needs {expected}")]
-    WrongLength {
-        name: String,
-        shape: Vec<u64>,
-        expected: usize,
-        got: usize,
-    },
+    WrongLength { name: String, shape: Vec<u64>, expected: usize, got: usize },
     #[error("the inference queue is full")]
     Overloaded,
     #[error("the inference engine is shut down")]
@@ -91,34 +78,12 @@ fn datum_type(dtype: DType) -> DatumType {
 
 impl LoadedModel {
     /// Parses the ONNX file and builds the plan for the self-test's shapes.
-    pub fn load(
-        path: &Path,
-        model: &str,
-        version: u64,
-        inputs: Vec<TensorSpec>,
-        outputs: Vec<TensorSpec>,
-    ) -> Result<Self, InferenceError> {
-        let template = tract_onnx::onnx()
-            .model_for_path(path)
-            .map_err(|error| InferenceError::Load(format!("{error:#}")))?;
-        if template
-            .input_outlets()
-            .map_err(|error| InferenceError::Load(error.to_string()))?
-            .len()
-            != inputs.len()
-        {
-            return Err(InferenceError::Load(
-                "the graph's inputs differ from the manifest's".into(),
-            ));
+    pub fn load(path: &Path, model: &str, version: u64, inputs: Vec<TensorSpec>, outputs: Vec<TensorSpec>) -> Result<Self, InferenceError> {
+        let template = tract_onnx::onnx().model_for_path(path).map_err(|error| InferenceError::Load(format!("{error:#}")))?;
+        if template.input_outlets().map_err(|error| InferenceError::Load(error.to_string()))?.len() != inputs.len() {
+            return Err(InferenceError::Load("the graph's inputs differ from the manifest's".into()));
         }
-        Ok(LoadedModel {
-            model: model.to_string(),
-            version,
-            inputs,
-            outputs,
-            template,
-            plans: Mutex::new(Vec::new()),
-        })
+        Ok(LoadedModel { model: model.to_string(), version, inputs, outputs, template, plans: Mutex::new(Vec::new()) })
     }
 
     fn plan_for(&self, shapes: &[Vec<usize>]) -> Result<Plan, InferenceError> {
@@ -130,9 +95,7 @@ impl LoadedModel {
         let mut model = self.template.clone();
         for (input_idx, (spec, shape)) in self.inputs.iter().zip(shapes).enumerate() {
             let fact = InferenceFact::dt_shape(datum_type(spec.dtype), shape.as_slice());
-            model = model
-                .with_input_fact(input_idx, fact)
-                .map_err(|error| InferenceError::Load(format!("{error:#}")))?;
+            model = model.with_input_fact(input_idx, fact).map_err(|error| InferenceError::Load(format!("{error:#}")))?;
         }
         let plan = model
             .into_optimized()
@@ -148,10 +111,7 @@ impl LoadedModel {
     }
 
     /// Checks requests against the model's schema and orders them as the graph wants.
-    pub fn validate<'a>(
-        &self,
-        inputs: &'a [TensorData],
-    ) -> Result<Vec<&'a TensorData>, InferenceError> {
+    pub fn validate<'a>(&self, inputs: &'a [TensorData]) -> Result<Vec<&'a TensorData>, InferenceError> {
         for input in inputs {
             if !self.inputs.iter().any(|spec| spec.name == input.name) {
                 return Err(InferenceError::UnknownInput(input.name.clone()));
@@ -159,10 +119,8 @@ impl LoadedModel {
         }
         let mut ordered = Vec::with_capacity(self.inputs.len());
         for spec in &self.inputs {
-            let input = inputs
-                .iter()
-                .find(|input| input.name == spec.name)
-                .ok_or_else(|| InferenceError::MissingInput(spec.name.clone()))?;
+            let input =
+                inputs.iter().find(|input| input.name == spec.name).ok_or_else(|| InferenceError::MissingInput(spec.name.clone()))?;
             if input.values.dtype() != spec.dtype {
                 return Err(InferenceError::WrongDatatype {
                     name: spec.name.clone(),
@@ -171,20 +129,12 @@ impl LoadedModel {
                 });
             }
             let shape_fits = input.shape.len() == spec.shape.len()
-                && input
-                    .shape
-                    .iter()
-                    .zip(&spec.shape)
-                    .all(|(got, want)| match want {
-                        Dim::Fixed(size) => got == size,
-                        Dim::Dynamic => *got > 0,
-                    });
-            if !shape_fits {
-                return Err(InferenceError::WrongShape {
-                    name: spec.name.clone(),
-                    expected: spec.oip_shape(),
-                    got: input.shape.clone(),
+                && input.shape.iter().zip(&spec.shape).all(|(got, want)| match want {
+                    Dim::Fixed(size) => got == size,
+                    Dim::Dynamic => *got > 0,
                 });
+            if !shape_fits {
+                return Err(InferenceError::WrongShape { name: spec.name.clone(), expected: spec.oip_shape(), got: input.shape.clone() });
             }
             let expected_len = input.shape.iter().product::<u64>() as usize;
             if input.values.len() != expected_len {
@@ -203,10 +153,7 @@ impl LoadedModel {
     /// Runs the model on the calling thread (a pool worker, or the installer's thread).
     pub fn run_blocking(&self, inputs: &[TensorData]) -> Result<Vec<TensorData>, InferenceError> {
         let ordered = self.validate(inputs)?;
-        let shapes: Vec<Vec<usize>> = ordered
-            .iter()
-            .map(|input| input.shape.iter().map(|&dim| dim as usize).collect())
-            .collect();
+        let shapes: Vec<Vec<usize>> = ordered.iter().map(|input| input.shape.iter().map(|&dim| dim as usize).collect()).collect();
         let plan = self.plan_for(&shapes)?;
         let mut tensors: TVec<TValue> = TVec::new();
         for (input, shape) in ordered.iter().zip(&shapes) {
@@ -217,16 +164,10 @@ impl LoadedModel {
             .map_err(|error| InferenceError::Runtime(error.to_string()))?;
             tensors.push(tensor.into_tvalue());
         }
-        let results = plan
-            .run(tensors)
-            .map_err(|error| InferenceError::Runtime(format!("{error:#}")))?;
+        let results = plan.run(tensors).map_err(|error| InferenceError::Runtime(format!("{error:#}")))?;
         let mut outputs = Vec::with_capacity(results.len());
         for (output_idx, value) in results.iter().enumerate() {
-            let name = self
-                .outputs
-                .get(output_idx)
-                .map(|spec| spec.name.clone())
-                .unwrap_or_else(|| format!("output_{output_idx}"));
+            let name = self.outputs.get(output_idx).map(|spec| spec.name.clone()).unwrap_or_else(|| format!("output_{output_idx}"));
             outputs.push(tensor_data(name, value)?);
         }
         Ok(outputs)
@@ -235,25 +176,17 @@ impl LoadedModel {
     /// Runs the self-test recorded at push: outputs finite and within tolerance, and the
     /// timed run (after a warm-up) within the latency budget. Returns the timed run in ms.
     pub fn self_test(&self, self_test: &SelfTest) -> Result<f32, String> {
-        self.run_blocking(&self_test.inputs)
-            .map_err(|error| format!("warm-up run: {error}"))?;
+        self.run_blocking(&self_test.inputs).map_err(|error| format!("warm-up run: {error}"))?;
         let started = Instant::now();
-        let outputs = self
-            .run_blocking(&self_test.inputs)
-            .map_err(|error| format!("self-test run: {error}"))?;
+        let outputs = self.run_blocking(&self_test.inputs).map_err(|error| format!("self-test run: {error}"))?;
         let elapsed_ms = started.elapsed().as_secs_f32() * 1000.0;
         for expected in &self_test.expected_outputs {
-            let got = outputs
-                .iter()
-                .find(|output| output.name == expected.name)
-                .ok_or_else(|| format!("output `{}` missing", expected.name))?;
+            let got =
+                outputs.iter().find(|output| output.name == expected.name).ok_or_else(|| format!("output `{}` missing", expected.name))?;
             compare_outputs(got, expected, self_test.tolerance)?;
         }
         if elapsed_ms > self_test.latency_budget_ms as f32 {
-            return Err(format!(
-                "took {elapsed_ms:.1} ms, over the {} ms budget",
-                self_test.latency_budget_ms
-            ));
+            return Err(format!("took {elapsed_ms:.1} ms, over the {} ms budget", self_test.latency_budget_ms));
         }
         Ok(elapsed_ms)
     }
@@ -261,35 +194,22 @@ impl LoadedModel {
 
 fn compare_outputs(got: &TensorData, expected: &TensorData, tolerance: f32) -> Result<(), String> {
     if got.shape != expected.shape {
-        return Err(format!(
-            "output `{}` has shape {:?}, expected {:?}",
-            got.name, got.shape, expected.shape
-        ));
+        return Err(format!("output `{}` has shape {:?}, expected {:?}", got.name, got.shape, expected.shape));
     }
     match (&got.values, &expected.values) {
         (TensorValues::F32(got_values), TensorValues::F32(expected_values)) => {
             for (element_idx, (value, want)) in got_values.iter().zip(expected_values).enumerate() {
                 if !value.is_finite() {
-                    return Err(format!(
-                        "output `{}`[{element_idx}] is not finite ({value})",
-                        got.name
-                    ));
+                    return Err(format!("output `{}`[{element_idx}] is not finite ({value})", got.name));
                 }
                 if (value - want).abs() > tolerance * (1.0 + want.abs()) {
-                    return Err(format!(
-                        "output `{}`[{element_idx}] is {value}, expected {want} within {tolerance}",
-                        got.name
-                    ));
+                    return Err(format!("output `{}`[{element_idx}] is {value}, expected {want} within {tolerance}", got.name));
                 }
             }
             Ok(())
         }
         (TensorValues::I64(got_values), TensorValues::I64(expected_values)) => {
-            match got_values
-                .iter()
-                .zip(expected_values)
-                .position(|(value, want)| value != want)
-            {
+            match got_values.iter().zip(expected_values).position(|(value, want)| value != want) {
                 Some(element_idx) => Err(format!(
                     "output `{}`[{element_idx}] is {}, expected {}",
                     got.name, got_values[element_idx], expected_values[element_idx]
@@ -297,10 +217,7 @@ fn compare_outputs(got: &TensorData, expected: &TensorData, tolerance: f32) -> R
                 None => Ok(()),
             }
         }
-        _ => Err(format!(
-            "output `{}` has another datatype than recorded",
-            got.name
-        )),
+        _ => Err(format!("output `{}` has another datatype than recorded", got.name)),
     }
 }
 
@@ -308,40 +225,17 @@ fn tensor_data(name: String, value: &TValue) -> Result<TensorData, InferenceErro
     let shape: Vec<u64> = value.shape().iter().map(|&dim| dim as u64).collect();
     let runtime = |error: TractError| InferenceError::Runtime(error.to_string());
     let values = match value.datum_type() {
-        DatumType::F32 => TensorValues::F32(
-            value
-                .try_as_plain_ram()
-                .map_err(runtime)?
-                .as_slice::<f32>()
-                .map_err(runtime)?
-                .to_vec(),
-        ),
-        DatumType::I64 => TensorValues::I64(
-            value
-                .try_as_plain_ram()
-                .map_err(runtime)?
-                .as_slice::<i64>()
-                .map_err(runtime)?
-                .to_vec(),
-        ),
+        DatumType::F32 => TensorValues::F32(value.try_as_plain_ram().map_err(runtime)?.as_slice::<f32>().map_err(runtime)?.to_vec()),
+        DatumType::I64 => TensorValues::I64(value.try_as_plain_ram().map_err(runtime)?.as_slice::<i64>().map_err(runtime)?.to_vec()),
         other => {
             // Other output types are converted to FP32 for the wire.
             let cast = value.cast_to::<f32>().map_err(runtime)?;
-            let values = cast
-                .try_as_plain_ram()
-                .map_err(runtime)?
-                .as_slice::<f32>()
-                .map_err(runtime)?
-                .to_vec();
+            let values = cast.try_as_plain_ram().map_err(runtime)?.as_slice::<f32>().map_err(runtime)?.to_vec();
             tracing::trace!(?other, "output cast to f32");
             TensorValues::F32(values)
         }
     };
-    Ok(TensorData {
-        name,
-        shape,
-        values,
-    })
+    Ok(TensorData { name, shape, values })
 }
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -358,29 +252,23 @@ impl InferencePool {
         let receiver = Arc::new(Mutex::new(receiver));
         for thread_idx in 0..n_threads.max(1) {
             let receiver = receiver.clone();
-            std::thread::Builder::new()
-                .name(format!("inference-{thread_idx}"))
-                .spawn(move || {
-                    loop {
-                        let job = match receiver.lock() {
-                            Ok(mut receiver) => receiver.blocking_recv(),
-                            Err(_) => None,
-                        };
-                        match job {
-                            Some(job) => job(),
-                            None => break,
-                        }
+            std::thread::Builder::new().name(format!("inference-{thread_idx}")).spawn(move || {
+                loop {
+                    let job = match receiver.lock() {
+                        Ok(mut receiver) => receiver.blocking_recv(),
+                        Err(_) => None,
+                    };
+                    match job {
+                        Some(job) => job(),
+                        None => break,
                     }
-                })?;
+                }
+            })?;
         }
         Ok(InferencePool { sender })
     }
 
-    pub async fn run(
-        &self,
-        model: Arc<LoadedModel>,
-        inputs: Vec<TensorData>,
-    ) -> Result<Vec<TensorData>, InferenceError> {
+    pub async fn run(&self, model: Arc<LoadedModel>, inputs: Vec<TensorData>) -> Result<Vec<TensorData>, InferenceError> {
         let (reply, answer) = oneshot::channel();
         let job: Job = Box::new(move || {
             let _ = reply.send(model.run_blocking(&inputs));

@@ -24,10 +24,7 @@ pub struct InstallFailure {
 
 impl InstallFailure {
     fn new(kind: FailureKind, reason: impl ToString) -> Self {
-        InstallFailure {
-            kind,
-            reason: reason.to_string(),
-        }
+        InstallFailure { kind, reason: reason.to_string() }
     }
 }
 
@@ -42,9 +39,7 @@ impl From<BundleError> for InstallFailure {
         let kind = match &error {
             BundleError::Signature(_) => FailureKind::Signature,
             BundleError::Expired { .. } => FailureKind::Expired,
-            BundleError::LengthMismatch { .. } | BundleError::HashMismatch { .. } => {
-                FailureKind::Integrity
-            }
+            BundleError::LengthMismatch { .. } | BundleError::HashMismatch { .. } => FailureKind::Integrity,
             BundleError::Io(_) => FailureKind::Storage,
             BundleError::Malformed(_)
             | BundleError::UnsupportedFormat(_)
@@ -70,11 +65,7 @@ pub struct Installed {
 }
 
 fn file_name(name: &str, file_idx: usize) -> String {
-    if is_valid_name(name) {
-        name.to_string()
-    } else {
-        format!("file-{file_idx}")
-    }
+    if is_valid_name(name) { name.to_string() } else { format!("file-{file_idx}") }
 }
 
 /// Runs on a blocking thread: it hashes, writes, fsyncs and runs the model.
@@ -99,57 +90,32 @@ pub fn install(
                 let path = bundle_dir.join(file_name(&file.name, file_idx));
                 let bytes = fs::read(&path).map_err(io_error("reading", &path))?;
                 if sha256(&bytes) != file.sha256 {
-                    return Err(InstallFailure::new(
-                        FailureKind::Integrity,
-                        format!("installed file {} was modified", path.display()),
-                    ));
+                    return Err(InstallFailure::new(FailureKind::Integrity, format!("installed file {} was modified", path.display())));
                 }
             }
         }
     }
-    let model_idx = manifest
-        .model_file_index()
-        .ok_or_else(|| InstallFailure::new(FailureKind::Manifest, "no model file"))?;
+    let model_idx = manifest.model_file_index().ok_or_else(|| InstallFailure::new(FailureKind::Manifest, "no model file"))?;
     let model_path = bundle_dir.join(file_name(&manifest.files[model_idx].name, model_idx));
     load_and_test(&model_path, verified, testing)
 }
 
 /// Loads an installed bundle's model and runs its self-test.
-pub fn load_and_test(
-    model_path: &Path,
-    verified: &VerifiedManifest,
-    testing: &TestingConfig,
-) -> Result<Installed, InstallFailure> {
+pub fn load_and_test(model_path: &Path, verified: &VerifiedManifest, testing: &TestingConfig) -> Result<Installed, InstallFailure> {
     let manifest = &verified.manifest;
-    let loaded = LoadedModel::load(
-        model_path,
-        &manifest.model,
-        manifest.version,
-        manifest.inputs.clone(),
-        manifest.outputs.clone(),
-    )
-    .map_err(|error| InstallFailure::new(FailureKind::Load, error))?;
+    let loaded = LoadedModel::load(model_path, &manifest.model, manifest.version, manifest.inputs.clone(), manifest.outputs.clone())
+        .map_err(|error| InstallFailure::new(FailureKind::Load, error))?;
     if testing.forces_self_test_failure(&manifest.model, manifest.version) {
-        return Err(InstallFailure::new(
-            FailureKind::SelfTest,
-            "self-test failed: forced by the testing option fail_self_test",
-        ));
+        return Err(InstallFailure::new(FailureKind::SelfTest, "self-test failed: forced by the testing option fail_self_test"));
     }
-    let self_test_ms = loaded.self_test(&manifest.self_test).map_err(|reason| {
-        InstallFailure::new(FailureKind::SelfTest, format!("self-test failed: {reason}"))
-    })?;
-    Ok(Installed {
-        model: Arc::new(loaded),
-        self_test_ms,
-    })
+    let self_test_ms = loaded
+        .self_test(&manifest.self_test)
+        .map_err(|reason| InstallFailure::new(FailureKind::SelfTest, format!("self-test failed: {reason}")))?;
+    Ok(Installed { model: Arc::new(loaded), self_test_ms })
 }
 
 /// Writes the files into a staging folder, fsyncs, and renames it into place.
-fn stage(
-    state_dir: &StateDir,
-    verified: &VerifiedManifest,
-    payload: &[u8],
-) -> Result<(), InstallFailure> {
+fn stage(state_dir: &StateDir, verified: &VerifiedManifest, payload: &[u8]) -> Result<(), InstallFailure> {
     let manifest = &verified.manifest;
     let staging = state_dir.staging_dir(&verified.digest);
     let bundle_dir = state_dir.bundle_dir(&verified.digest);
@@ -165,15 +131,9 @@ fn stage(
     };
     for (file_idx, file) in manifest.files.iter().enumerate() {
         let range = manifest.file_range(file_idx);
-        write_file(
-            &file_name(&file.name, file_idx),
-            &payload[range.start as usize..range.end as usize],
-        )?;
+        write_file(&file_name(&file.name, file_idx), &payload[range.start as usize..range.end as usize])?;
     }
-    write_file(
-        "manifest.bin",
-        &postcard::to_stdvec(&verified.signed).unwrap_or_default(),
-    )?;
+    write_file("manifest.bin", &postcard::to_stdvec(&verified.signed).unwrap_or_default())?;
     sync_dir(&staging)?;
     if bundle_dir.exists() {
         fs::remove_dir_all(&bundle_dir).map_err(io_error("replacing", &bundle_dir))?;

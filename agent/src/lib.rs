@@ -52,10 +52,7 @@ pub struct Shared {
 
 impl Shared {
     pub fn new(inference_threads: usize) -> anyhow::Result<Self> {
-        Ok(Shared {
-            pool: InferencePool::start(inference_threads).context("starting inference threads")?,
-            probe: HostProbe::new(),
-        })
+        Ok(Shared { pool: InferencePool::start(inference_threads).context("starting inference threads")?, probe: HostProbe::new() })
     }
 }
 
@@ -79,23 +76,15 @@ pub async fn start_device(
         interval: config.telemetry.heartbeat_interval,
     };
     let device_id = config.device_id.clone();
-    let mut reconciler =
-        Reconciler::new(config, link_handle, state_dir, host.clone(), event_receiver);
-    reconciler
-        .restore()
-        .await
-        .with_context(|| format!("restoring the state of device {device_id}"))?;
+    let mut reconciler = Reconciler::new(config, link_handle, state_dir, host.clone(), event_receiver);
+    reconciler.restore().await.with_context(|| format!("restoring the state of device {device_id}"))?;
     spawn_actor(tracker, "link", link.run(cancel.clone()));
     spawn_actor(tracker, "reconciler", reconciler.run(cancel.clone()));
     spawn_actor(tracker, "telemetry", telemetry.run(cancel.clone()));
     Ok(host)
 }
 
-fn spawn_actor(
-    tracker: &TaskTracker,
-    name: &'static str,
-    actor: impl Future<Output = anyhow::Result<()>> + Send + 'static,
-) {
+fn spawn_actor(tracker: &TaskTracker, name: &'static str, actor: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
     tracker.spawn(async move {
         if let Err(error) = actor.await {
             tracing::error!(actor = name, error = format!("{error:#}"), "actor stopped");
@@ -109,19 +98,13 @@ pub struct AgentHandle {
 }
 
 /// Starts one device and its local API on `tracker`.
-pub async fn start(
-    config: AgentConfig,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> anyhow::Result<AgentHandle> {
+pub async fn start(config: AgentConfig, tracker: &TaskTracker, cancel: &CancellationToken) -> anyhow::Result<AgentHandle> {
     let shared = Shared::new(config.inference_threads)?;
     let device_id = config.device.device_id.clone();
     let host = start_device(config.device, &shared, tracker, cancel).await?;
     let api_state = api::ApiState::new(shared.pool.clone(), Some(device_id.clone()));
     api_state.add_host(host);
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("binding the local API to {}", config.http))?;
+    let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding the local API to {}", config.http))?;
     let api_addr = listener.local_addr()?;
     tracing::info!(%device_id, api = %api_addr, "agent running");
     serve_api(tracker, listener, api_state, cancel.clone());
@@ -132,24 +115,13 @@ pub async fn start(
 pub async fn wait_for_shutdown(tracker: TaskTracker, cancel: CancellationToken) {
     cancel.cancelled().await;
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
         tracing::warn!("some actors did not stop within the grace period");
     }
 }
 
-pub fn serve_api(
-    tracker: &TaskTracker,
-    listener: tokio::net::TcpListener,
-    state: api::ApiState,
-    cancel: CancellationToken,
-) {
+pub fn serve_api(tracker: &TaskTracker, listener: tokio::net::TcpListener, state: api::ApiState, cancel: CancellationToken) {
     spawn_actor(tracker, "api", async move {
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(cancel.cancelled_owned())
-            .await
-            .context("local API server")
+        axum::serve(listener, api::router(state)).with_graceful_shutdown(cancel.cancelled_owned()).await.context("local API server")
     });
 }

@@ -22,13 +22,8 @@ const MAX_PACKET_BYTES: usize = MAX_MESSAGE_BYTES + 4096;
 pub enum LinkEvent {
     Connected,
     Disconnected,
-    Desired {
-        model: String,
-        payload: bytes::Bytes,
-    },
-    Chunk {
-        payload: bytes::Bytes,
-    },
+    Desired { model: String, payload: bytes::Bytes },
+    Chunk { payload: bytes::Bytes },
 }
 
 #[derive(Clone)]
@@ -39,32 +34,26 @@ pub struct LinkHandle {
 
 impl LinkHandle {
     pub async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) {
-        if let Err(error) = self
-            .client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-        {
+        if let Err(error) = self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await {
             tracing::warn!(%error, "publish not queued");
         }
     }
 
+    /// Publishes unless the request queue is full (offline for long): telemetry that would
+    /// only grow stale is dropped rather than blocking its producer.
+    pub fn publish_or_drop(&self, topic: String, payload: Vec<u8>) -> bool {
+        self.client.try_publish(topic, QoS::AtMostOnce, false, payload).is_ok()
+    }
+
     pub async fn subscribe(&self, filter: String) {
-        let is_new = self
-            .subscriptions
-            .lock()
-            .map(|mut set| set.insert(filter.clone()))
-            .unwrap_or(true);
+        let is_new = self.subscriptions.lock().map(|mut set| set.insert(filter.clone())).unwrap_or(true);
         if is_new && let Err(error) = self.client.subscribe(filter, QoS::AtLeastOnce).await {
             tracing::warn!(%error, "subscribe not queued");
         }
     }
 
     pub async fn unsubscribe(&self, filter: String) {
-        let was_there = self
-            .subscriptions
-            .lock()
-            .map(|mut set| set.remove(&filter))
-            .unwrap_or(true);
+        let was_there = self.subscriptions.lock().map(|mut set| set.remove(&filter)).unwrap_or(true);
         if was_there && let Err(error) = self.client.unsubscribe(filter).await {
             tracing::warn!(%error, "unsubscribe not queued");
         }
@@ -80,43 +69,19 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn new(
-        device_id: &str,
-        config: &LinkConfig,
-        events: mpsc::Sender<LinkEvent>,
-    ) -> (Link, LinkHandle) {
+    pub fn new(device_id: &str, config: &LinkConfig, events: mpsc::Sender<LinkEvent>) -> (Link, LinkHandle) {
         let topics = Topics::new(&config.topic_root);
         // The client id carries the topic root, so fleets sharing a broker never collide.
-        let client_id = format!(
-            "fleetml-agent-{}-{device_id}",
-            config.topic_root.replace('/', "-")
-        );
-        let mut options =
-            MqttOptions::new(client_id, config.broker.host.clone(), config.broker.port);
+        let client_id = format!("fleetml-agent-{}-{device_id}", config.topic_root.replace('/', "-"));
+        let mut options = MqttOptions::new(client_id, config.broker.host.clone(), config.broker.port);
         options.set_keep_alive(config.keep_alive);
         options.set_clean_session(true);
         options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
-        let will = protocol::encode(&Reported::Offline {
-            device_id: device_id.to_string(),
-        });
-        options.set_last_will(LastWill::new(
-            topics.reported(device_id),
-            will,
-            QoS::AtLeastOnce,
-            true,
-        ));
+        let will = protocol::encode(&Reported::Offline { device_id: device_id.to_string() });
+        options.set_last_will(LastWill::new(topics.reported(device_id), will, QoS::AtLeastOnce, true));
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-        let handle = LinkHandle {
-            client,
-            subscriptions: Arc::new(Mutex::new(BTreeSet::new())),
-        };
-        let link = Link {
-            device_id: device_id.to_string(),
-            topics,
-            eventloop,
-            handle: handle.clone(),
-            events,
-        };
+        let handle = LinkHandle { client, subscriptions: Arc::new(Mutex::new(BTreeSet::new())) };
+        let link = Link { device_id: device_id.to_string(), topics, eventloop, handle: handle.clone(), events };
         (link, handle)
     }
 
@@ -133,7 +98,9 @@ impl Link {
                         backoff = Duration::from_millis(100);
                         connected = true;
                         tracing::info!("connected to broker");
-                        restore_subscriptions(&self.handle).await;
+                        // Off this task: the request queue may be full, and only this task drains it.
+                        let handle = self.handle.clone();
+                        tokio::spawn(async move { restore_subscriptions(&handle).await });
                         if self.events.send(LinkEvent::Connected).await.is_err() {
                             break;
                         }
@@ -178,15 +145,8 @@ impl Link {
 
     /// A clean disconnect sends no last will, so the device marks itself offline first.
     async fn say_goodbye(&mut self) {
-        let offline = protocol::encode(&Reported::Offline {
-            device_id: self.device_id.clone(),
-        });
-        let _ = self.handle.client.try_publish(
-            self.topics.reported(&self.device_id),
-            QoS::AtLeastOnce,
-            true,
-            offline,
-        );
+        let offline = protocol::encode(&Reported::Offline { device_id: self.device_id.clone() });
+        let _ = self.handle.client.try_publish(self.topics.reported(&self.device_id), QoS::AtLeastOnce, true, offline);
         let _ = self.handle.client.try_disconnect();
         let flush = async {
             loop {
@@ -201,11 +161,7 @@ impl Link {
 }
 
 async fn restore_subscriptions(handle: &LinkHandle) {
-    let filters: Vec<String> = handle
-        .subscriptions
-        .lock()
-        .map(|set| set.iter().cloned().collect())
-        .unwrap_or_default();
+    let filters: Vec<String> = handle.subscriptions.lock().map(|set| set.iter().cloned().collect()).unwrap_or_default();
     for filter in filters {
         if let Err(error) = handle.client.subscribe(filter, QoS::AtLeastOnce).await {
             tracing::warn!(%error, "resubscribe not queued");

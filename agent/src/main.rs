@@ -5,27 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use fleetml_agent::config::{
-    self, AgentConfig, CommonArgs, ConfigError, DeviceConfig, FileConfig, SimConfig, TestingConfig,
-};
+use fleetml_agent::config::{self, AgentConfig, CommonArgs, ConfigError, DeviceConfig, FileConfig, SimConfig, TestingConfig};
 use fleetml_shared::selector::{Selector, parse_label};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 #[derive(Parser)]
-#[command(
-    name = "fleetml-agent",
-    version,
-    about = "fleetml device agent: installs signed models, serves local inference"
-)]
+#[command(name = "fleetml-agent", version, about = "fleetml device agent: installs signed models, serves local inference")]
 struct Cli {
     /// Log format: text or json.
-    #[arg(
-        long,
-        env = "FLEETML_LOG_FORMAT",
-        default_value = "text",
-        global = true
-    )]
+    #[arg(long, env = "FLEETML_LOG_FORMAT", default_value = "text", global = true)]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -69,19 +58,14 @@ fn usage_error(error: ConfigError) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("fleetml-agent: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    let default_http = "127.0.0.1:8081"
-        .parse()
-        .unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 8081)));
+    let default_http = "127.0.0.1:8081".parse().unwrap_or_else(|_| std::net::SocketAddr::from(([127, 0, 0, 1], 8081)));
     let cancel = CancellationToken::new();
     let result: anyhow::Result<()> = match cli.command {
         Command::Run { device_id, common } => {
@@ -94,10 +78,7 @@ fn main() -> ExitCode {
                 Err(error) => return usage_error(error),
             };
             let Some(device_id) = device_id.or(file.device_id.clone()) else {
-                return usage_error(ConfigError {
-                    field: "device_id".into(),
-                    reason: "required (--device-id)".into(),
-                });
+                return usage_error(ConfigError { field: "device_id".into(), reason: "required (--device-id)".into() });
             };
             if let Err(error) = config::check_device_id(&device_id) {
                 return usage_error(error);
@@ -121,22 +102,12 @@ fn main() -> ExitCode {
                 spawn_signal_handler(cancel.clone());
                 let tracker = TaskTracker::new();
                 let handle = fleetml_agent::start(agent_config, &tracker, &cancel).await?;
-                println!(
-                    "fleetml-agent: device {device_id} running, local API http://{}",
-                    handle.api_addr
-                );
+                println!("fleetml-agent: device {device_id} running, local API http://{}", handle.api_addr);
                 fleetml_agent::wait_for_shutdown(tracker, cancel).await;
                 Ok(())
             })
         }
-        Command::Sim {
-            count,
-            id_prefix,
-            first_index,
-            label_cycles,
-            testing_selector,
-            common,
-        } => {
+        Command::Sim { count, id_prefix, first_index, label_cycles, testing_selector, common } => {
             let file = match common.config.as_deref().map(FileConfig::read).transpose() {
                 Ok(file) => file.unwrap_or_default(),
                 Err(error) => return usage_error(error),
@@ -145,14 +116,7 @@ fn main() -> ExitCode {
                 Ok(resolved) => resolved,
                 Err(error) => return usage_error(error),
             };
-            let sim_config = match sim_config(
-                count,
-                id_prefix,
-                first_index,
-                &label_cycles,
-                &testing_selector,
-                resolved,
-            ) {
+            let sim_config = match sim_config(count, id_prefix, first_index, &label_cycles, &testing_selector, resolved) {
                 Ok(sim_config) => sim_config,
                 Err(error) => return usage_error(error),
             };
@@ -187,29 +151,21 @@ fn sim_config(
     testing_selector: &str,
     resolved: config::Resolved,
 ) -> Result<SimConfig, ConfigError> {
-    let field_error = |field: &str, reason: String| ConfigError {
-        field: field.into(),
-        reason,
-    };
+    let field_error = |field: &str, reason: String| ConfigError { field: field.into(), reason };
     if count == 0 {
         return Err(field_error("count", "must be at least 1".into()));
     }
-    config::check_device_id(&format!("{id_prefix}0"))
-        .map_err(|error| field_error("id_prefix", error.reason))?;
+    config::check_device_id(&format!("{id_prefix}0")).map_err(|error| field_error("id_prefix", error.reason))?;
     let mut cycles = Vec::new();
     for text in label_cycles {
-        let (key, values) = text
-            .split_once('=')
-            .ok_or_else(|| field_error("label_cycle", format!("`{text}`: expected key=a|b|c")))?;
+        let (key, values) = text.split_once('=').ok_or_else(|| field_error("label_cycle", format!("`{text}`: expected key=a|b|c")))?;
         let values: Vec<String> = values.split('|').map(str::to_string).collect();
         for value in &values {
-            parse_label(&format!("{key}={value}"))
-                .map_err(|error| field_error("label_cycle", error.to_string()))?;
+            parse_label(&format!("{key}={value}")).map_err(|error| field_error("label_cycle", error.to_string()))?;
         }
         cycles.push((key.to_string(), values));
     }
-    let testing_selector = Selector::parse(testing_selector)
-        .map_err(|error| field_error("testing_selector", error.to_string()))?;
+    let testing_selector = Selector::parse(testing_selector).map_err(|error| field_error("testing_selector", error.to_string()))?;
     let base_labels: BTreeMap<String, String> = resolved.labels;
     let state_dir: PathBuf = resolved.state_dir;
     Ok(SimConfig {
@@ -225,9 +181,7 @@ fn sim_config(
         transfer: resolved.transfer,
         http: resolved.http,
         inference_threads: resolved.inference_threads,
-        testing: TestingConfig {
-            fail_self_test: resolved.testing.fail_self_test,
-        },
+        testing: TestingConfig { fail_self_test: resolved.testing.fail_self_test },
         testing_selector,
     })
 }
@@ -237,15 +191,14 @@ fn spawn_signal_handler(cancel: CancellationToken) {
         let ctrl_c = tokio::signal::ctrl_c();
         #[cfg(unix)]
         {
-            let mut terminate =
-                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                    Ok(terminate) => terminate,
-                    Err(_) => {
-                        let _ = ctrl_c.await;
-                        cancel.cancel();
-                        return;
-                    }
-                };
+            let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(terminate) => terminate,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    cancel.cancel();
+                    return;
+                }
+            };
             tokio::select! {
                 _ = ctrl_c => {}
                 _ = terminate.recv() => {}
@@ -262,9 +215,7 @@ fn init_tracing(format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLEETML_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rumqttc=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

@@ -9,9 +9,8 @@ use std::time::Duration;
 use fleetml_shared::bundle::{BundleDigest, SignedManifest, VerifiedManifest};
 use fleetml_shared::now_ms;
 use fleetml_shared::protocol::{
-    self, ChunkMessage, DesiredSlot, DesiredTarget, FailureKind, FetchRequest, InstallOutcome,
-    InstallResult, InstalledBundle, Reported, ReportedState, RollbackPermission,
-    SignedDesiredState, SlotPhase, SlotReport,
+    self, ChunkMessage, DesiredSlot, DesiredTarget, FailureKind, FetchRequest, InstallOutcome, InstallResult, InstalledBundle, Reported,
+    ReportedState, RollbackPermission, SignedDesiredState, SlotPhase, SlotReport,
 };
 use fleetml_shared::topics::Topics;
 use tokio::sync::mpsc;
@@ -41,14 +40,7 @@ struct Slot {
 
 impl Default for Slot {
     fn default() -> Self {
-        Slot {
-            generation: 0,
-            phase: SlotPhase::Idle,
-            active: None,
-            previous: None,
-            target: None,
-            last_result: None,
-        }
+        Slot { generation: 0, phase: SlotPhase::Idle, active: None, previous: None, target: None, last_result: None }
     }
 }
 
@@ -118,14 +110,8 @@ impl Reconciler {
     pub async fn restore(&mut self) -> anyhow::Result<()> {
         let persisted = self.state_dir.load_state()?;
         for (model, persisted_slot) in persisted.slots {
-            let mut slot = Slot {
-                generation: persisted_slot.generation,
-                ..Slot::default()
-            };
-            let candidates = [
-                persisted_slot.active.clone(),
-                persisted_slot.previous.clone(),
-            ];
+            let mut slot = Slot { generation: persisted_slot.generation, ..Slot::default() };
+            let candidates = [persisted_slot.active.clone(), persisted_slot.previous.clone()];
             for (candidate_idx, candidate) in candidates.into_iter().flatten().enumerate() {
                 let Some(installed) = candidate.to_installed() else {
                     continue;
@@ -136,10 +122,7 @@ impl Reconciler {
                         self.host.swap(loaded.model);
                         slot.active = Some(installed);
                         slot.previous = if candidate_idx == 0 {
-                            persisted_slot
-                                .previous
-                                .as_ref()
-                                .and_then(PersistedBundle::to_installed)
+                            persisted_slot.previous.as_ref().and_then(PersistedBundle::to_installed)
                         } else {
                             None
                         };
@@ -162,30 +145,20 @@ impl Reconciler {
         let signed = self
             .state_dir
             .installed_manifest(&digest)
-            .ok_or_else(|| InstallFailure {
-                kind: FailureKind::Storage,
-                reason: "manifest missing".into(),
-            })?;
+            .ok_or_else(|| InstallFailure { kind: FailureKind::Storage, reason: "manifest missing".into() })?;
         // Expiry bounds when a bundle may be accepted, not how long it may serve: check the
         // signature as of its installation.
         let verified = signed.verify(&self.config.trusted_keys, 0)?;
         let state_dir = self.state_dir.clone();
         let testing = self.config.testing.clone();
-        tokio::task::spawn_blocking(move || {
-            install::install(&state_dir, &verified, PayloadSource::Held, &testing)
-        })
-        .await
-        .map_err(|error| InstallFailure {
-            kind: FailureKind::Load,
-            reason: error.to_string(),
-        })?
+        tokio::task::spawn_blocking(move || install::install(&state_dir, &verified, PayloadSource::Held, &testing))
+            .await
+            .map_err(|error| InstallFailure { kind: FailureKind::Load, reason: error.to_string() })?
     }
 
     #[tracing::instrument(name = "reconciler", skip_all, fields(device_id = %self.config.device_id))]
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
-        self.link
-            .subscribe(self.topics.desired_filter(&self.config.device_id))
-            .await;
+        self.link.subscribe(self.topics.desired_filter(&self.config.device_id)).await;
         let mut tick = tokio::time::interval(Duration::from_millis(250));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -210,11 +183,7 @@ impl Reconciler {
                 self.report_if_due(true).await;
                 let now = Instant::now();
                 for slot in self.slots.values_mut() {
-                    if let Some(Target {
-                        work: TargetWork::Transferring(transfer),
-                        ..
-                    }) = &mut slot.target
-                    {
+                    if let Some(Target { work: TargetWork::Transferring(transfer), .. }) = &mut slot.target {
                         transfer.next_request_at = now;
                     }
                 }
@@ -254,7 +223,23 @@ impl Reconciler {
         }
         let slot = self.slots.entry(desired.model.clone()).or_default();
         if desired.generation == slot.generation {
-            return; // The same state again (a retained redelivery): nothing to do.
+            // The same state again (a retained redelivery). Work on it only if it was cut
+            // short: after a restart mid-transfer the slot has no target and does not yet run
+            // the desired bundle (and no attempt at this generation failed in this run).
+            let settled = slot.target.is_some()
+                || slot.last_result.as_ref().is_some_and(|result| result.generation == desired.generation)
+                || match &desired.target {
+                    DesiredTarget::Empty => slot.active.is_none(),
+                    DesiredTarget::Bundle { manifest, .. } => slot.active.is_some_and(|active| active.digest == manifest.digest()),
+                };
+            if settled {
+                return;
+            }
+            tracing::info!(model = %desired.model, generation = desired.generation, "resuming work on the accepted desired state");
+            if let DesiredTarget::Bundle { manifest, rollback, .. } = &desired.target {
+                self.start_target(&desired.model, desired.generation, manifest, *rollback).await;
+            }
+            return;
         }
         if desired.generation < slot.generation {
             let accepted = slot.generation;
@@ -279,14 +264,9 @@ impl Reconciler {
                 self.host.remove(&desired.model);
                 self.persist();
             }
-            DesiredTarget::Bundle {
-                manifest,
-                role: _,
-                rollback,
-            } => {
+            DesiredTarget::Bundle { manifest, role: _, rollback } => {
                 self.persist();
-                self.start_target(&desired.model, desired.generation, &manifest, rollback)
-                    .await;
+                self.start_target(&desired.model, desired.generation, &manifest, rollback).await;
             }
         }
     }
@@ -300,62 +280,29 @@ impl Reconciler {
         }
     }
 
-    fn fail(
-        &mut self,
-        model: &str,
-        generation: u64,
-        version: u64,
-        kind: FailureKind,
-        reason: String,
-    ) {
+    fn fail(&mut self, model: &str, generation: u64, version: u64, kind: FailureKind, reason: String) {
         tracing::warn!(%model, version, kind = kind.as_str(), %reason, "bundle refused; the previous model keeps serving");
         let slot = self.slots.entry(model.to_string()).or_default();
-        slot.phase = SlotPhase::Failed {
-            kind,
-            reason: reason.clone(),
-        };
-        slot.last_result = Some(InstallOutcome {
-            version,
-            generation,
-            at_ms: now_ms(),
-            result: InstallResult::Refused { kind, reason },
-        });
+        slot.phase = SlotPhase::Failed { kind, reason: reason.clone() };
+        slot.last_result = Some(InstallOutcome { version, generation, at_ms: now_ms(), result: InstallResult::Refused { kind, reason } });
         if let Some(target) = slot.target.take() {
             self.drop_target(target);
         }
         self.report_pending = true;
     }
 
-    async fn start_target(
-        &mut self,
-        model: &str,
-        generation: u64,
-        signed: &SignedManifest,
-        rollback: Option<RollbackPermission>,
-    ) {
+    async fn start_target(&mut self, model: &str, generation: u64, signed: &SignedManifest, rollback: Option<RollbackPermission>) {
         let verified = match signed.verify(&self.config.trusted_keys, now_ms()) {
             Ok(verified) => verified,
             Err(error) => {
-                let version = signed
-                    .decode_unverified()
-                    .map(|manifest| manifest.version)
-                    .unwrap_or(0);
+                let version = signed.decode_unverified().map(|manifest| manifest.version).unwrap_or(0);
                 let failure = InstallFailure::from(error);
-                return self.fail(
-                    model,
-                    generation,
-                    version,
-                    failure.kind,
-                    format!("bundle refused: {}", failure.reason),
-                );
+                return self.fail(model, generation, version, failure.kind, format!("bundle refused: {}", failure.reason));
             }
         };
         let version = verified.manifest.version;
         if verified.manifest.model != model {
-            let reason = format!(
-                "bundle is for model `{}`, not `{model}`",
-                verified.manifest.model
-            );
+            let reason = format!("bundle is for model `{}`, not `{model}`", verified.manifest.model);
             return self.fail(model, generation, version, FailureKind::Manifest, reason);
         }
         let slot = self.slots.entry(model.to_string()).or_default();
@@ -368,30 +315,20 @@ impl Reconciler {
                 slot.phase = SlotPhase::Active;
                 return;
             }
-            let permitted =
-                rollback.is_some_and(|permission| permission.up_to_version >= active.version);
+            let permitted = rollback.is_some_and(|permission| permission.up_to_version >= active.version);
             if version < active.version && !permitted {
                 let reason = format!(
                     "version {version} is older than the active {} and the desired state carries no rollback permission",
                     active.version
                 );
-                return self.fail(
-                    model,
-                    generation,
-                    version,
-                    FailureKind::RollbackNotPermitted,
-                    reason,
-                );
+                return self.fail(model, generation, version, FailureKind::RollbackNotPermitted, reason);
             }
         }
         if let Some(existing) = slot.target.take() {
             if existing.verified.digest == verified.digest {
                 // Same bundle, newer generation: keep the work already done.
                 let slot = self.slots.entry(model.to_string()).or_default();
-                slot.target = Some(Target {
-                    generation,
-                    ..existing
-                });
+                slot.target = Some(Target { generation, ..existing });
                 return;
             }
             self.drop_target(existing);
@@ -400,41 +337,22 @@ impl Reconciler {
             tracing::info!(%model, version, "bundle already held; installing without a transfer");
             return self.spawn_install(model, generation, verified, PayloadSource::Held);
         }
-        let transfer = match Transfer::open(
-            &self.state_dir,
-            verified.clone(),
-            self.config.transfer.stall_timeout,
-        ) {
+        let transfer = match Transfer::open(&self.state_dir, verified.clone(), self.config.transfer.stall_timeout) {
             Ok(transfer) => transfer,
             Err(error) => {
-                return self.fail(
-                    model,
-                    generation,
-                    version,
-                    FailureKind::Storage,
-                    error.to_string(),
-                );
+                return self.fail(model, generation, version, FailureKind::Storage, error.to_string());
             }
         };
         if transfer.resumed_chunks > 0 {
             tracing::info!(%model, version, resumed_chunks = transfer.resumed_chunks, "resuming a transfer from disk");
         }
         let slot = self.slots.entry(model.to_string()).or_default();
-        slot.phase = SlotPhase::Fetching {
-            received_bytes: transfer.received_bytes(),
-            total_bytes: transfer.total_bytes(),
-        };
+        slot.phase = SlotPhase::Fetching { received_bytes: transfer.received_bytes(), total_bytes: transfer.total_bytes() };
         if transfer.is_complete() {
             return self.complete_transfer(model, generation, transfer).await;
         }
-        self.link
-            .subscribe(self.topics.chunks(&verified.digest.to_hex()))
-            .await;
-        slot.target = Some(Target {
-            generation,
-            verified,
-            work: TargetWork::Transferring(Box::new(transfer)),
-        });
+        self.link.subscribe(self.topics.chunks(&verified.digest.to_hex())).await;
+        slot.target = Some(Target { generation, verified, work: TargetWork::Transferring(Box::new(transfer)) });
         self.request_missing(model).await;
     }
 
@@ -442,32 +360,17 @@ impl Reconciler {
         let Some(slot) = self.slots.get_mut(model) else {
             return;
         };
-        let Some(Target {
-            verified,
-            work: TargetWork::Transferring(transfer),
-            ..
-        }) = &mut slot.target
-        else {
+        let Some(Target { verified, work: TargetWork::Transferring(transfer), .. }) = &mut slot.target else {
             return;
         };
-        let request = FetchRequest {
-            device_id: self.config.device_id.clone(),
-            digest: verified.digest,
-            missing: transfer.missing(),
-        };
+        let request = FetchRequest { device_id: self.config.device_id.clone(), digest: verified.digest, missing: transfer.missing() };
         transfer.n_requests += 1;
         transfer.next_request_at = Instant::now() + transfer.backoff;
         if transfer.n_requests > 1 {
             tracing::info!(%model, attempt = transfer.n_requests, missing = request.missing.len(), "transfer stalled; asking again");
             transfer.backoff = (transfer.backoff * 2).min(self.config.transfer.max_backoff);
         }
-        self.link
-            .publish(
-                self.topics.fetch(&self.config.device_id),
-                false,
-                protocol::encode(&request),
-            )
-            .await;
+        self.link.publish(self.topics.fetch(&self.config.device_id), false, protocol::encode(&request)).await;
     }
 
     async fn on_chunk(&mut self, payload: &[u8]) {
@@ -481,12 +384,7 @@ impl Reconciler {
             return; // A chunk for a bundle this device does not want (others share the topic).
         };
         let model = model.clone();
-        let Some(Target {
-            generation,
-            work: TargetWork::Transferring(transfer),
-            ..
-        }) = &mut slot.target
-        else {
+        let Some(Target { generation, work: TargetWork::Transferring(transfer), .. }) = &mut slot.target else {
             return;
         };
         let generation = *generation;
@@ -494,23 +392,13 @@ impl Reconciler {
             Ok(ChunkOutcome::Stored) => {
                 transfer.backoff = self.config.transfer.stall_timeout;
                 transfer.next_request_at = Instant::now() + transfer.backoff;
-                slot.phase = SlotPhase::Fetching {
-                    received_bytes: transfer.received_bytes(),
-                    total_bytes: transfer.total_bytes(),
-                };
+                slot.phase = SlotPhase::Fetching { received_bytes: transfer.received_bytes(), total_bytes: transfer.total_bytes() };
                 self.report_pending = true;
                 if transfer.is_complete() {
-                    let Some(Target {
-                        work: TargetWork::Transferring(transfer),
-                        verified,
-                        ..
-                    }) = slot.target.take()
-                    else {
+                    let Some(Target { work: TargetWork::Transferring(transfer), verified, .. }) = slot.target.take() else {
                         return;
                     };
-                    self.link
-                        .unsubscribe(self.topics.chunks(&verified.digest.to_hex()))
-                        .await;
+                    self.link.unsubscribe(self.topics.chunks(&verified.digest.to_hex())).await;
                     self.complete_transfer(&model, generation, *transfer).await;
                 }
             }
@@ -527,36 +415,15 @@ impl Reconciler {
         let verified = transfer.verified.clone();
         let version = verified.manifest.version;
         match transfer.finish() {
-            Ok(part_path) => self.spawn_install(
-                model,
-                generation,
-                verified,
-                PayloadSource::Transfer(part_path),
-            ),
-            Err(error) => self.fail(
-                model,
-                generation,
-                version,
-                FailureKind::Storage,
-                error.to_string(),
-            ),
+            Ok(part_path) => self.spawn_install(model, generation, verified, PayloadSource::Transfer(part_path)),
+            Err(error) => self.fail(model, generation, version, FailureKind::Storage, error.to_string()),
         }
     }
 
-    fn spawn_install(
-        &mut self,
-        model: &str,
-        generation: u64,
-        verified: VerifiedManifest,
-        source: PayloadSource,
-    ) {
+    fn spawn_install(&mut self, model: &str, generation: u64, verified: VerifiedManifest, source: PayloadSource) {
         let slot = self.slots.entry(model.to_string()).or_default();
         slot.phase = SlotPhase::Installing;
-        slot.target = Some(Target {
-            generation,
-            verified: verified.clone(),
-            work: TargetWork::Installing,
-        });
+        slot.target = Some(Target { generation, verified: verified.clone(), work: TargetWork::Installing });
         self.report_pending = true;
         let state_dir = self.state_dir.clone();
         let testing = self.config.testing.clone();
@@ -564,12 +431,7 @@ impl Reconciler {
         let model = model.to_string();
         tokio::task::spawn_blocking(move || {
             let result = install::install(&state_dir, &verified, source, &testing);
-            let done = InstallDone {
-                model,
-                digest: verified.digest,
-                generation,
-                result,
-            };
+            let done = InstallDone { model, digest: verified.digest, generation, result };
             let _ = sender.blocking_send(done);
         });
     }
@@ -578,7 +440,8 @@ impl Reconciler {
         let Some(slot) = self.slots.get_mut(&done.model) else {
             return;
         };
-        let is_current = matches!(&slot.target, Some(target) if target.verified.digest == done.digest && matches!(target.work, TargetWork::Installing));
+        let is_current =
+            matches!(&slot.target, Some(target) if target.verified.digest == done.digest && matches!(target.work, TargetWork::Installing));
         if !is_current {
             tracing::info!(model = %done.model, "install finished for a bundle no longer desired; ignored");
             return;
@@ -590,10 +453,7 @@ impl Reconciler {
         match done.result {
             Ok(installed) => {
                 self.host.swap(installed.model);
-                let new_active = InstalledBundle {
-                    version,
-                    digest: done.digest,
-                };
+                let new_active = InstalledBundle { version, digest: done.digest };
                 if let Some(old) = slot.active.replace(new_active) {
                     slot.previous = Some(old);
                 }
@@ -602,22 +462,14 @@ impl Reconciler {
                     version,
                     generation: done.generation,
                     at_ms: now_ms(),
-                    result: InstallResult::Installed {
-                        self_test_ms: installed.self_test_ms,
-                    },
+                    result: InstallResult::Installed { self_test_ms: installed.self_test_ms },
                 });
                 tracing::info!(model = %done.model, version, self_test_ms = installed.self_test_ms, "installed and serving");
                 self.report_pending = true;
                 self.persist();
                 self.collect_garbage();
             }
-            Err(failure) => self.fail(
-                &done.model,
-                done.generation,
-                version,
-                failure.kind,
-                failure.reason,
-            ),
+            Err(failure) => self.fail(&done.model, done.generation, version, failure.kind, failure.reason),
         }
     }
 
@@ -657,12 +509,7 @@ impl Reconciler {
     fn collect_garbage(&self) {
         let mut keep = Vec::new();
         for slot in self.slots.values() {
-            keep.extend(
-                slot.active
-                    .iter()
-                    .chain(slot.previous.iter())
-                    .map(|installed| installed.digest),
-            );
+            keep.extend(slot.active.iter().chain(slot.previous.iter()).map(|installed| installed.digest));
             if let Some(target) = &slot.target {
                 keep.push(target.verified.digest);
             }
@@ -674,12 +521,7 @@ impl Reconciler {
         ReportedState {
             device_id: self.config.device_id.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
-            labels: self
-                .config
-                .labels
-                .iter()
-                .map(|(key, value)| (key.clone(), value.clone()))
-                .collect(),
+            labels: self.config.labels.iter().map(|(key, value)| (key.clone(), value.clone())).collect(),
             started_at_ms: self.started_at_ms,
             reported_at_ms: now_ms(),
             slots: self
@@ -691,10 +533,10 @@ impl Reconciler {
                     phase: slot.phase.clone(),
                     active: slot.active,
                     previous: slot.previous,
-                    target: slot.target.as_ref().map(|target| InstalledBundle {
-                        version: target.verified.manifest.version,
-                        digest: target.verified.digest,
-                    }),
+                    target: slot
+                        .target
+                        .as_ref()
+                        .map(|target| InstalledBundle { version: target.verified.manifest.version, digest: target.verified.digest }),
                     last_result: slot.last_result.clone(),
                 })
                 .collect(),
@@ -706,22 +548,13 @@ impl Reconciler {
         if !(force || self.report_pending) {
             return;
         }
-        let fetching = self
-            .slots
-            .values()
-            .any(|slot| matches!(slot.phase, SlotPhase::Fetching { .. }));
+        let fetching = self.slots.values().any(|slot| matches!(slot.phase, SlotPhase::Fetching { .. }));
         if !force && fetching && self.last_report_at.elapsed() < PROGRESS_REPORT_INTERVAL {
             return;
         }
         self.report_pending = false;
         self.last_report_at = Instant::now();
         let report = Reported::Online(self.reported_state());
-        self.link
-            .publish(
-                self.topics.reported(&self.config.device_id),
-                true,
-                protocol::encode(&report),
-            )
-            .await;
+        self.link.publish(self.topics.reported(&self.config.device_id), true, protocol::encode(&report)).await;
     }
 }

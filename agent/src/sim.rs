@@ -32,26 +32,16 @@ pub fn device_labels(config: &SimConfig, device_idx: usize) -> BTreeMap<String, 
 }
 
 /// Starts the fleet on `tracker` and returns once every device restored its state.
-pub async fn start(
-    config: &SimConfig,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> anyhow::Result<SimHandle> {
+pub async fn start(config: &SimConfig, tracker: &TaskTracker, cancel: &CancellationToken) -> anyhow::Result<SimHandle> {
     let shared = Shared::new(config.inference_threads)?;
     let api_state = api::ApiState::new(shared.pool.clone(), None);
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("binding the local API to {}", config.http))?;
+    let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding the local API to {}", config.http))?;
     let api_addr = listener.local_addr()?;
     let mut device_ids = Vec::with_capacity(config.count);
     for device_idx in 0..config.count {
         let device_id = device_id(config, device_idx);
         let labels = device_labels(config, device_idx);
-        let testing = if config.testing_selector.matches(&labels) {
-            config.testing.clone()
-        } else {
-            TestingConfig::default()
-        };
+        let testing = if config.testing_selector.matches(&labels) { config.testing.clone() } else { TestingConfig::default() };
         let device = DeviceConfig {
             device_id: device_id.clone(),
             labels,
@@ -68,8 +58,5 @@ pub async fn start(
     }
     crate::serve_api(tracker, listener, api_state, cancel.clone());
     tracing::info!(count = config.count, api = %api_addr, "simulated fleet running");
-    Ok(SimHandle {
-        api_addr,
-        device_ids,
-    })
+    Ok(SimHandle { api_addr, device_ids })
 }

@@ -29,11 +29,7 @@ pub struct StorageError {
 
 pub fn io_error(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StorageError {
     let path = path.display().to_string();
-    move |source| StorageError {
-        action,
-        path,
-        source,
-    }
+    move |source| StorageError { action, path, source }
 }
 
 /// What survives a restart, per model slot.
@@ -52,17 +48,11 @@ pub struct PersistedBundle {
 
 impl PersistedBundle {
     pub fn from_installed(installed: &InstalledBundle) -> Self {
-        PersistedBundle {
-            version: installed.version,
-            digest: installed.digest.to_hex(),
-        }
+        PersistedBundle { version: installed.version, digest: installed.digest.to_hex() }
     }
 
     pub fn to_installed(&self) -> Option<InstalledBundle> {
-        Some(InstalledBundle {
-            version: self.version,
-            digest: BundleDigest::from_hex(&self.digest)?,
-        })
+        Some(InstalledBundle { version: self.version, digest: BundleDigest::from_hex(&self.digest)? })
     }
 }
 
@@ -78,11 +68,7 @@ pub struct StateDir {
 
 impl StateDir {
     pub fn open(root: &Path) -> Result<Self, StorageError> {
-        for folder in [
-            root.to_path_buf(),
-            root.join("bundles"),
-            root.join("transfers"),
-        ] {
+        for folder in [root.to_path_buf(), root.join("bundles"), root.join("transfers")] {
             fs::create_dir_all(&folder).map_err(io_error("creating", &folder))?;
         }
         // Leftovers of an install interrupted before its rename.
@@ -93,9 +79,7 @@ impl StateDir {
                 }
             }
         }
-        Ok(StateDir {
-            root: root.to_path_buf(),
-        })
+        Ok(StateDir { root: root.to_path_buf() })
     }
 
     pub fn root(&self) -> &Path {
@@ -110,9 +94,7 @@ impl StateDir {
                 path: path.display().to_string(),
                 source: std::io::Error::new(std::io::ErrorKind::InvalidData, error),
             }),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                Ok(PersistedState::default())
-            }
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(PersistedState::default()),
             Err(error) => Err(io_error("reading", &path)(error)),
         }
     }
@@ -131,21 +113,15 @@ impl StateDir {
     }
 
     pub fn staging_dir(&self, digest: &BundleDigest) -> PathBuf {
-        self.root
-            .join("bundles")
-            .join(format!("{}.staging", digest.to_hex()))
+        self.root.join("bundles").join(format!("{}.staging", digest.to_hex()))
     }
 
     pub fn transfer_part(&self, digest: &BundleDigest) -> PathBuf {
-        self.root
-            .join("transfers")
-            .join(format!("{}.part", digest.to_hex()))
+        self.root.join("transfers").join(format!("{}.part", digest.to_hex()))
     }
 
     pub fn transfer_manifest(&self, digest: &BundleDigest) -> PathBuf {
-        self.root
-            .join("transfers")
-            .join(format!("{}.manifest", digest.to_hex()))
+        self.root.join("transfers").join(format!("{}.manifest", digest.to_hex()))
     }
 
     /// The signed manifest of an installed bundle, if the bundle is held.
@@ -166,11 +142,7 @@ impl StateDir {
                 let stem = name.split('.').next().unwrap_or_default();
                 if !keep_hex.iter().any(|hex| hex == stem) {
                     let path = entry.path();
-                    let removed = if path.is_dir() {
-                        fs::remove_dir_all(&path)
-                    } else {
-                        fs::remove_file(&path)
-                    };
+                    let removed = if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
                     if let Err(error) = removed {
                         tracing::warn!(path = %path.display(), %error, "could not remove old bundle files");
                     }
@@ -184,8 +156,7 @@ impl StateDir {
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let temporary = path.with_extension("tmp");
     let mut file = File::create(&temporary).map_err(io_error("creating", &temporary))?;
-    file.write_all(bytes)
-        .map_err(io_error("writing", &temporary))?;
+    file.write_all(bytes).map_err(io_error("writing", &temporary))?;
     file.sync_all().map_err(io_error("syncing", &temporary))?;
     drop(file);
     fs::rename(&temporary, path).map_err(io_error("renaming", &temporary))?;
@@ -193,9 +164,7 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), StorageError> {
-    File::open(dir)
-        .and_then(|handle| handle.sync_all())
-        .map_err(io_error("syncing", dir))
+    File::open(dir).and_then(|handle| handle.sync_all()).map_err(io_error("syncing", dir))
 }
 
 #[cfg(test)]
@@ -210,14 +179,7 @@ mod tests {
         let mut state = PersistedState::default();
         state.slots.insert(
             "m".into(),
-            PersistedSlot {
-                generation: 4,
-                active: Some(PersistedBundle {
-                    version: 2,
-                    digest: "ab".into(),
-                }),
-                previous: None,
-            },
+            PersistedSlot { generation: 4, active: Some(PersistedBundle { version: 2, digest: "ab".into() }), previous: None },
         );
         state_dir.save_state(&state).unwrap();
         let keep = BundleDigest([1; 32]);
@@ -227,10 +189,7 @@ mod tests {
         fs::write(state_dir.transfer_part(&drop), b"x").unwrap();
         fs::create_dir_all(state_dir.staging_dir(&drop)).unwrap();
         let reopened = StateDir::open(dir.path()).unwrap();
-        assert!(
-            !reopened.staging_dir(&drop).exists(),
-            "staging leftovers are removed at start"
-        );
+        assert!(!reopened.staging_dir(&drop).exists(), "staging leftovers are removed at start");
         assert_eq!(reopened.load_state().unwrap(), state);
         reopened.collect_garbage(&[keep]);
         assert!(reopened.bundle_dir(&keep).exists());

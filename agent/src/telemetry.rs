@@ -43,9 +43,7 @@ impl HostProbe {
             refreshed_at: None,
             cached: HostFigures::default(),
         };
-        Arc::new(HostProbe {
-            state: Mutex::new(state),
-        })
+        Arc::new(HostProbe { state: Mutex::new(state) })
     }
 
     /// Refreshes at most once a second.
@@ -54,23 +52,14 @@ impl HostProbe {
             return HostFigures::default();
         };
         let state = &mut *state;
-        let fresh = state
-            .refreshed_at
-            .is_some_and(|at| at.elapsed() < Duration::from_secs(1));
+        let fresh = state.refreshed_at.is_some_and(|at| at.elapsed() < Duration::from_secs(1));
         if let (false, Some(system)) = (fresh, state.system.as_mut()) {
             system.refresh_cpu_usage();
             system.refresh_memory();
             let mut process_rss_bytes = 0;
             if let Some(pid) = state.pid {
-                system.refresh_processes_specifics(
-                    ProcessesToUpdate::Some(&[pid]),
-                    false,
-                    ProcessRefreshKind::nothing().with_memory(),
-                );
-                process_rss_bytes = system
-                    .process(pid)
-                    .map(|process| process.memory())
-                    .unwrap_or(0);
+                system.refresh_processes_specifics(ProcessesToUpdate::Some(&[pid]), false, ProcessRefreshKind::nothing().with_memory());
+                process_rss_bytes = system.process(pid).map(|process| process.memory()).unwrap_or(0);
             }
             state.refreshed_at = Some(Instant::now());
             state.cached = HostFigures {
@@ -118,16 +107,13 @@ impl TelemetryActor {
                 process_rss_bytes: figures.process_rss_bytes,
                 window_ms: last_sent.elapsed().as_millis() as u64,
                 models: self.host.drain_figures(),
-                refused_messages: self
-                    .host
-                    .refused_messages
-                    .load(std::sync::atomic::Ordering::Relaxed),
+                refused_messages: self.host.refused_messages.load(std::sync::atomic::Ordering::Relaxed),
             };
             last_sent = Instant::now();
             let payload = protocol::encode(&Telemetry::Heartbeat(heartbeat));
-            self.link
-                .publish(self.topics.telemetry(&self.host.device_id), false, payload)
-                .await;
+            if !self.link.publish_or_drop(self.topics.telemetry(&self.host.device_id), payload) {
+                tracing::debug!(seq, "heartbeat dropped: the link's queue is full (offline?)");
+            }
         }
         Ok(())
     }

@@ -1,8 +1,7 @@
 //! Helpers for this crate's unit tests: signed bundles made in memory.
 
 use fleetml_shared::bundle::{
-    FileEntry, MANIFEST_FORMAT_VERSION, Manifest, ROLE_MODEL, SelfTest, SignedManifest,
-    VerifiedManifest, chunk_hashes, sha256,
+    FileEntry, MANIFEST_FORMAT_VERSION, Manifest, ROLE_MODEL, SelfTest, SignedManifest, VerifiedManifest, chunk_hashes, sha256,
 };
 use fleetml_shared::signing::{KeyId, SigningKeyPair, TrustedKeys};
 
@@ -25,16 +24,9 @@ pub fn signed_bundle(payload: &[u8], chunk_size: u32) -> (VerifiedManifest, Sign
         chunk_hashes: chunk_hashes(payload, chunk_size),
         inputs: vec![],
         outputs: vec![],
-        self_test: SelfTest {
-            inputs: vec![],
-            expected_outputs: vec![],
-            tolerance: 0.0,
-            latency_budget_ms: 1,
-        },
+        self_test: SelfTest { inputs: vec![], expected_outputs: vec![], tolerance: 0.0, latency_budget_ms: 1 },
     };
     let signed = SignedManifest::sign(&manifest, &key_pair).expect("signing");
-    let verified = signed
-        .verify(&TrustedKeys::new(vec![key_pair.public_key()]), 1)
-        .expect("verifies");
+    let verified = signed.verify(&TrustedKeys::new(vec![key_pair.public_key()]), 1).expect("verifies");
     (verified, key_pair)
 }

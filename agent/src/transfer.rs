@@ -43,11 +43,7 @@ pub struct Transfer {
 }
 
 impl Transfer {
-    pub fn open(
-        state_dir: &StateDir,
-        verified: VerifiedManifest,
-        initial_backoff: Duration,
-    ) -> Result<Self, TransferError> {
+    pub fn open(state_dir: &StateDir, verified: VerifiedManifest, initial_backoff: Duration) -> Result<Self, TransferError> {
         let manifest = &verified.manifest;
         let part_path = state_dir.transfer_part(&verified.digest);
         let manifest_path = state_dir.transfer_manifest(&verified.digest);
@@ -60,13 +56,9 @@ impl Transfer {
             .truncate(false)
             .open(&part_path)
             .map_err(io_error("opening", &part_path))?;
-        let existing_len = file
-            .metadata()
-            .map_err(io_error("reading metadata of", &part_path))?
-            .len();
+        let existing_len = file.metadata().map_err(io_error("reading metadata of", &part_path))?.len();
         if existing_len != manifest.payload_len() {
-            file.set_len(manifest.payload_len())
-                .map_err(io_error("sizing", &part_path))?;
+            file.set_len(manifest.payload_len()).map_err(io_error("sizing", &part_path))?;
         }
         let n_chunks = manifest.n_chunks() as usize;
         let mut transfer = Transfer {
@@ -95,9 +87,7 @@ impl Transfer {
         for chunk_idx in 0..manifest.n_chunks() {
             let range = manifest.chunk_range(chunk_idx);
             let chunk = &mut buffer[..(range.end - range.start) as usize];
-            self.file
-                .read_exact_at(chunk, range.start)
-                .map_err(io_error("reading", &self.part_path))?;
+            self.file.read_exact_at(chunk, range.start).map_err(io_error("reading", &self.part_path))?;
             if sha256(chunk) == manifest.chunk_hashes[chunk_idx as usize] {
                 self.received[chunk_idx as usize] = true;
                 self.n_received += 1;
@@ -114,9 +104,7 @@ impl Transfer {
             return Ok(ChunkOutcome::Duplicate);
         }
         let offset = self.verified.manifest.chunk_range(index).start;
-        self.file
-            .write_all_at(data, offset)
-            .map_err(io_error("writing", &self.part_path))?;
+        self.file.write_all_at(data, offset).map_err(io_error("writing", &self.part_path))?;
         self.received[index as usize] = true;
         self.n_received += 1;
         self.received_bytes += data.len() as u64;
@@ -137,20 +125,12 @@ impl Transfer {
     }
 
     pub fn missing(&self) -> Vec<ChunkRange> {
-        ranges_of(
-            self.received
-                .iter()
-                .enumerate()
-                .filter(|(_, got)| !**got)
-                .map(|(chunk_idx, _)| chunk_idx as u32),
-        )
+        ranges_of(self.received.iter().enumerate().filter(|(_, got)| !**got).map(|(chunk_idx, _)| chunk_idx as u32))
     }
 
     /// Flushes the payload to disk and hands back its path for the installer.
     pub fn finish(self) -> Result<PathBuf, TransferError> {
-        self.file
-            .sync_all()
-            .map_err(io_error("syncing", &self.part_path))?;
+        self.file.sync_all().map_err(io_error("syncing", &self.part_path))?;
         Ok(self.part_path)
     }
 
@@ -172,49 +152,25 @@ mod tests {
         let state_dir = StateDir::open(dir.path()).unwrap();
         let payload: Vec<u8> = (0..10_000u32).map(|i| (i * 7) as u8).collect();
         let (verified, _) = signed_bundle(&payload, 1024);
-        let mut transfer =
-            Transfer::open(&state_dir, verified.clone(), Duration::from_secs(1)).unwrap();
+        let mut transfer = Transfer::open(&state_dir, verified.clone(), Duration::from_secs(1)).unwrap();
         assert_eq!(transfer.missing(), vec![ChunkRange { start: 0, end: 10 }]);
         for chunk_idx in [0u32, 1, 2, 5] {
             let range = verified.manifest.chunk_range(chunk_idx);
-            let outcome = transfer
-                .accept_chunk(
-                    chunk_idx,
-                    &payload[range.start as usize..range.end as usize],
-                )
-                .unwrap();
+            let outcome = transfer.accept_chunk(chunk_idx, &payload[range.start as usize..range.end as usize]).unwrap();
             assert_eq!(outcome, ChunkOutcome::Stored);
         }
-        assert_eq!(
-            transfer.accept_chunk(0, &payload[..1024]).unwrap(),
-            ChunkOutcome::Duplicate
-        );
+        assert_eq!(transfer.accept_chunk(0, &payload[..1024]).unwrap(), ChunkOutcome::Duplicate);
         let mut corrupt = payload[1024 * 3..1024 * 4].to_vec();
         corrupt[0] ^= 1;
-        assert!(
-            transfer.accept_chunk(3, &corrupt).is_err(),
-            "a corrupt chunk is refused"
-        );
+        assert!(transfer.accept_chunk(3, &corrupt).is_err(), "a corrupt chunk is refused");
         drop(transfer);
 
-        let mut reopened =
-            Transfer::open(&state_dir, verified.clone(), Duration::from_secs(1)).unwrap();
+        let mut reopened = Transfer::open(&state_dir, verified.clone(), Duration::from_secs(1)).unwrap();
         assert_eq!(reopened.resumed_chunks, 4);
-        assert_eq!(
-            reopened.missing(),
-            vec![
-                ChunkRange { start: 3, end: 5 },
-                ChunkRange { start: 6, end: 10 }
-            ]
-        );
+        assert_eq!(reopened.missing(), vec![ChunkRange { start: 3, end: 5 }, ChunkRange { start: 6, end: 10 }]);
         for chunk_idx in [3u32, 4, 6, 7, 8, 9] {
             let range = verified.manifest.chunk_range(chunk_idx);
-            reopened
-                .accept_chunk(
-                    chunk_idx,
-                    &payload[range.start as usize..range.end as usize],
-                )
-                .unwrap();
+            reopened.accept_chunk(chunk_idx, &payload[range.start as usize..range.end as usize]).unwrap();
         }
         assert!(reopened.is_complete());
         let part = reopened.finish().unwrap();

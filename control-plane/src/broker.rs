@@ -30,13 +30,7 @@ fn broker_config(listen: SocketAddr) -> Config {
         external_auth: None,
         dynamic_filters: true,
     };
-    let server = ServerSettings {
-        name: "fleetml-v4".into(),
-        listen,
-        tls: None,
-        next_connection_delay_ms: 0,
-        connections,
-    };
+    let server = ServerSettings { name: "fleetml-v4".into(), listen, tls: None, next_connection_delay_ms: 0, connections };
     Config {
         id: 0,
         router: RouterConfig {
@@ -54,10 +48,7 @@ fn broker_config(listen: SocketAddr) -> Config {
 }
 
 fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
-    Ok(TcpListener::bind((ip, 0))
-        .context("looking for a free port")?
-        .local_addr()?
-        .port())
+    Ok(TcpListener::bind((ip, 0)).context("looking for a free port")?.local_addr()?.port())
 }
 
 /// Starts rumqttd on `listen` (port 0: a free port) and proves that the broker answering
@@ -67,11 +58,7 @@ pub async fn start_embedded(listen: SocketAddr) -> anyhow::Result<EmbeddedBroker
     let attempts = if pick_free { 5 } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
-        let address = if pick_free {
-            SocketAddr::new(listen.ip(), free_port(listen.ip())?)
-        } else {
-            listen
-        };
+        let address = if pick_free { SocketAddr::new(listen.ip(), free_port(listen.ip())?) } else { listen };
         match start_once(address).await {
             Ok(broker) => return Ok(broker),
             Err(error) => {
@@ -87,22 +74,16 @@ async fn start_once(address: SocketAddr) -> anyhow::Result<EmbeddedBroker> {
     let mut broker = Broker::new(broker_config(address));
     let nonce = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     let probe_topic = format!("fleetml-broker-probe/{nonce}");
-    let (mut link_tx, link_rx) = broker
-        .link("fleetml-broker-probe")
-        .context("opening an in-process link to the broker")?;
-    link_tx
-        .subscribe(probe_topic.clone())
-        .context("subscribing the probe link")?;
+    let (mut link_tx, link_rx) = broker.link("fleetml-broker-probe").context("opening an in-process link to the broker")?;
+    link_tx.subscribe(probe_topic.clone()).context("subscribing the probe link")?;
     let (stopped_sender, mut stopped) = oneshot::channel::<String>();
-    std::thread::Builder::new()
-        .name("mqtt-broker".into())
-        .spawn(move || {
-            let outcome = match broker.start() {
-                Ok(()) => "the broker stopped".to_string(),
-                Err(error) => error.to_string(),
-            };
-            let _ = stopped_sender.send(outcome);
-        })?;
+    std::thread::Builder::new().name("mqtt-broker".into()).spawn(move || {
+        let outcome = match broker.start() {
+            Ok(()) => "the broker stopped".to_string(),
+            Err(error) => error.to_string(),
+        };
+        let _ = stopped_sender.send(outcome);
+    })?;
     let probe = probe_over_tcp(address, &probe_topic, nonce.as_bytes(), link_rx);
     tokio::select! {
         outcome = &mut stopped => bail!("the embedded broker on {address} stopped: {}", outcome.unwrap_or_default()),
@@ -121,17 +102,8 @@ async fn start_once(address: SocketAddr) -> anyhow::Result<EmbeddedBroker> {
     }
 }
 
-async fn probe_over_tcp(
-    address: SocketAddr,
-    topic: &str,
-    nonce: &[u8],
-    mut link_rx: LinkRx,
-) -> anyhow::Result<()> {
-    let mut options = MqttOptions::new(
-        format!("fleetml-probe-{}", fastrand::u32(..)),
-        address.ip().to_string(),
-        address.port(),
-    );
+async fn probe_over_tcp(address: SocketAddr, topic: &str, nonce: &[u8], mut link_rx: LinkRx) -> anyhow::Result<()> {
+    let mut options = MqttOptions::new(format!("fleetml-probe-{}", fastrand::u32(..)), address.ip().to_string(), address.port());
     options.set_keep_alive(Duration::from_secs(5));
     let (client, mut eventloop) = AsyncClient::new(options, 10);
     // The broker thread may still be binding: retry the connection until the deadline.
@@ -142,9 +114,7 @@ async fn probe_over_tcp(
             Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
         }
     }
-    client
-        .publish(topic, QoS::AtLeastOnce, false, nonce.to_vec())
-        .await?;
+    client.publish(topic, QoS::AtLeastOnce, false, nonce.to_vec()).await?;
     loop {
         match eventloop.poll().await? {
             Event::Incoming(Packet::PubAck(_)) => break,

@@ -21,15 +21,8 @@ pub struct Client {
 
 impl Client {
     pub fn new(server: &str, token: Option<String>) -> anyhow::Result<Self> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(600))
-            .build()
-            .context("building the HTTP client")?;
-        Ok(Client {
-            base: server.trim_end_matches('/').to_string(),
-            token,
-            http,
-        })
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(600)).build().context("building the HTTP client")?;
+        Ok(Client { base: server.trim_end_matches('/').to_string(), token, http })
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -40,75 +33,38 @@ impl Client {
         }
     }
 
-    async fn send<T: DeserializeOwned>(
-        &self,
-        builder: reqwest::RequestBuilder,
-    ) -> anyhow::Result<T> {
-        let response = builder
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the plane at {}", self.base))?;
+    async fn send<T: DeserializeOwned>(&self, builder: reqwest::RequestBuilder) -> anyhow::Result<T> {
+        let response = builder.send().await.with_context(|| format!("cannot reach the plane at {}", self.base))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .context("reading the plane's answer")?;
+        let body = response.bytes().await.context("reading the plane's answer")?;
         if !status.is_success() {
             let message = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
-                .and_then(|value| {
-                    value
-                        .get("message")
-                        .and_then(|message| message.as_str())
-                        .map(str::to_string)
-                })
+                .and_then(|value| value.get("message").and_then(|message| message.as_str()).map(str::to_string))
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).to_string());
             if status == reqwest::StatusCode::UNAUTHORIZED {
                 bail!("{message} (give --token or FLEETML_TOKEN)");
             }
             bail!("{message} (HTTP {})", status.as_u16());
         }
-        serde_json::from_slice(&body).with_context(|| {
-            format!(
-                "unexpected answer from the plane: {}",
-                String::from_utf8_lossy(&body)
-            )
-        })
+        serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the plane: {}", String::from_utf8_lossy(&body)))
     }
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.request(reqwest::Method::GET, path)).await
     }
 
-    pub async fn post_json<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &impl Serialize,
-    ) -> anyhow::Result<T> {
-        self.send(self.request(reqwest::Method::POST, path).json(body))
-            .await
+    pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+        self.send(self.request(reqwest::Method::POST, path).json(body)).await
     }
 
-    pub async fn put_json<T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &impl Serialize,
-    ) -> anyhow::Result<T> {
-        self.send(self.request(reqwest::Method::PUT, path).json(body))
-            .await
+    pub async fn put_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
+        self.send(self.request(reqwest::Method::PUT, path).json(body)).await
     }
 
-    pub async fn push(
-        &self,
-        model: &str,
-        onnx: Vec<u8>,
-        description: &str,
-    ) -> anyhow::Result<PushResponse> {
+    pub async fn push(&self, model: &str, onnx: Vec<u8>, description: &str) -> anyhow::Result<PushResponse> {
         let builder = self
-            .request(
-                reqwest::Method::POST,
-                &format!("/api/v1/models/{model}/versions"),
-            )
+            .request(reqwest::Method::POST, &format!("/api/v1/models/{model}/versions"))
             .query(&[("description", description)])
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(onnx);
@@ -126,9 +82,7 @@ impl Client {
 
 /// `NAME@REF` → (name, Some(version)) or (name, alias).
 pub fn parse_reference(text: &str) -> anyhow::Result<(String, Option<i64>, Option<String>)> {
-    let (name, reference) = text
-        .split_once('@')
-        .with_context(|| format!("`{text}`: expected NAME@VERSION or NAME@ALIAS"))?;
+    let (name, reference) = text.split_once('@').with_context(|| format!("`{text}`: expected NAME@VERSION or NAME@ALIAS"))?;
     if name.is_empty() || reference.is_empty() {
         bail!("`{text}`: expected NAME@VERSION or NAME@ALIAS");
     }
@@ -144,43 +98,22 @@ pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
 }
 
 pub fn print_devices(devices: &[DeviceView]) {
-    println!(
-        "{:<16} {:<8} {:<34} {:<18} {:<24} LAST RESULT",
-        "DEVICE", "STATUS", "LABELS", "MODEL", "ACTIVE / INSTALLING"
-    );
+    println!("{:<16} {:<8} {:<34} {:<18} {:<24} LAST RESULT", "DEVICE", "STATUS", "LABELS", "MODEL", "ACTIVE / INSTALLING");
     for device in devices {
-        let labels = device
-            .labels
-            .iter()
-            .map(|(key, value)| format!("{key}={value}"))
-            .collect::<Vec<_>>()
-            .join(",");
+        let labels = device.labels.iter().map(|(key, value)| format!("{key}={value}")).collect::<Vec<_>>().join(",");
         let status = if device.online { "online" } else { "offline" };
         if device.slots.is_empty() {
-            println!(
-                "{:<16} {:<8} {:<34} {:<18} {:<24} -",
-                device.device_id, status, labels, "-", "-"
-            );
+            println!("{:<16} {:<8} {:<34} {:<18} {:<24} -", device.device_id, status, labels, "-", "-");
         }
         for slot in &device.slots {
-            let active = slot
-                .active_version
-                .map(|version| format!("v{version}"))
-                .unwrap_or_else(|| "-".into());
+            let active = slot.active_version.map(|version| format!("v{version}")).unwrap_or_else(|| "-".into());
             let installing = match (slot.target_version, slot.received_bytes, slot.total_bytes) {
                 (Some(version), Some(received), Some(total)) if total > 0 => {
                     format!(" → v{version} {}%", received * 100 / total)
                 }
                 (Some(version), _, _) => format!(" → v{version} ({})", slot.phase),
-                (None, _, _)
-                    if slot.desired_version.is_some()
-                        && slot.desired_version != slot.active_version =>
-                {
-                    format!(
-                        " → v{} ({})",
-                        slot.desired_version.unwrap_or_default(),
-                        slot.phase
-                    )
+                (None, _, _) if slot.desired_version.is_some() && slot.desired_version != slot.active_version => {
+                    format!(" → v{} ({})", slot.desired_version.unwrap_or_default(), slot.phase)
                 }
                 _ => String::new(),
             };
@@ -207,10 +140,7 @@ pub fn print_devices(devices: &[DeviceView]) {
 }
 
 pub fn print_versions(versions: &[VersionView]) {
-    println!(
-        "{:<20} {:>7} {:<14} {:>10}  {:<20} DESCRIPTION",
-        "MODEL", "VERSION", "DIGEST", "BYTES", "ALIASES"
-    );
+    println!("{:<20} {:>7} {:<14} {:>10}  {:<20} DESCRIPTION", "MODEL", "VERSION", "DIGEST", "BYTES", "ALIASES");
     for version in versions {
         println!(
             "{:<20} {:>7} {:<14} {:>10}  {:<20} {}",
@@ -234,53 +164,28 @@ pub async fn wait_for_rollout(
     timeout: Duration,
     quiet: bool,
 ) -> anyhow::Result<WaitOutcome> {
-    let progress = if quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        indicatif::ProgressBar::new(devices.len() as u64)
-    };
+    let progress = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(devices.len() as u64) };
     progress.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{spinner} [{bar:30}] {pos}/{len} devices on v{msg}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} devices on v{msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
     );
     let started = tokio::time::Instant::now();
     loop {
         let views = client.devices().await?;
         let mut outcome = WaitOutcome::default();
-        for view in views
-            .iter()
-            .filter(|view| devices.contains(&view.device_id))
-        {
+        for view in views.iter().filter(|view| devices.contains(&view.device_id)) {
             let slot = view.slots.iter().find(|slot| slot.model == model);
             match slot {
-                Some(slot) if slot.active_version == Some(version as u64) => {
-                    outcome.converged.push(view.device_id.clone())
-                }
-                Some(slot)
-                    if slot
-                        .last_result
-                        .as_ref()
-                        .is_some_and(|result| !result.ok && result.version == version as u64) =>
-                {
-                    let reason = slot
-                        .last_result
-                        .as_ref()
-                        .and_then(|result| result.reason.clone())
-                        .unwrap_or_default();
+                Some(slot) if slot.active_version == Some(version as u64) => outcome.converged.push(view.device_id.clone()),
+                Some(slot) if slot.last_result.as_ref().is_some_and(|result| !result.ok && result.version == version as u64) => {
+                    let reason = slot.last_result.as_ref().and_then(|result| result.reason.clone()).unwrap_or_default();
                     outcome.failed.push((view.device_id.clone(), reason));
                 }
                 _ => outcome.pending.push(view.device_id.clone()),
             }
         }
-        outcome.pending.extend(
-            devices
-                .iter()
-                .filter(|device| !views.iter().any(|view| &view.device_id == *device))
-                .cloned(),
-        );
+        outcome.pending.extend(devices.iter().filter(|device| !views.iter().any(|view| &view.device_id == *device)).cloned());
         progress.set_position(outcome.converged.len() as u64);
         progress.set_message(format!("{version} ({} failed)", outcome.failed.len()));
         if outcome.pending.is_empty() || started.elapsed() >= timeout {
@@ -310,8 +215,7 @@ pub fn bundle_build(
     out: &Path,
     expires_in_days: u64,
 ) -> anyhow::Result<String> {
-    let onnx =
-        std::fs::read(onnx_path).with_context(|| format!("reading {}", onnx_path.display()))?;
+    let onnx = std::fs::read(onnx_path).with_context(|| format!("reading {}", onnx_path.display()))?;
     let key_pair = SigningKeyPair::read(signing_key)?;
     let options = BundleOptions {
         model: model.to_string(),
@@ -329,10 +233,7 @@ pub fn bundle_build(
 pub fn bundle_verify(path: &Path, trusted_keys: &[std::path::PathBuf]) -> anyhow::Result<String> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     let (signed, payload) = read_bundle_file(&mut bytes.as_slice())?;
-    let keys = trusted_keys
-        .iter()
-        .map(|path| PublicKey::read(path))
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = trusted_keys.iter().map(|path| PublicKey::read(path)).collect::<Result<Vec<_>, _>>()?;
     if keys.is_empty() {
         bail!("give at least one --trusted-key");
     }
@@ -387,10 +288,7 @@ mod tests {
     #[test]
     fn references_split_into_version_or_alias() {
         assert_eq!(parse_reference("m@3").unwrap(), ("m".into(), Some(3), None));
-        assert_eq!(
-            parse_reference("m@champion").unwrap(),
-            ("m".into(), None, Some("champion".into()))
-        );
+        assert_eq!(parse_reference("m@champion").unwrap(), ("m".into(), None, Some("champion".into())));
         assert!(parse_reference("m").is_err());
         assert!(parse_reference("@1").is_err());
     }

@@ -16,10 +16,7 @@ pub struct ConfigError {
 }
 
 pub fn config_error(field: &str, reason: impl ToString) -> ConfigError {
-    ConfigError {
-        field: field.to_string(),
-        reason: reason.to_string(),
-    }
+    ConfigError { field: field.to_string(), reason: reason.to_string() }
 }
 
 /// Where the plane's MQTT traffic goes.
@@ -99,66 +96,36 @@ pub struct FileConfig {
 
 impl FileConfig {
     pub fn read(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| config_error("config", format!("{}: {error}", path.display())))?;
-        toml::from_str(&text)
-            .map_err(|error| config_error("config", format!("{}: {error}", path.display())))
+        let text = std::fs::read_to_string(path).map_err(|error| config_error("config", format!("{}: {error}", path.display())))?;
+        toml::from_str(&text).map_err(|error| config_error("config", format!("{}: {error}", path.display())))
     }
 }
 
 pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<PlaneConfig, ConfigError> {
-    let data_dir = args
-        .data_dir
-        .clone()
-        .or_else(|| file.data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from("fleetml-data"));
+    let data_dir = args.data_dir.clone().or_else(|| file.data_dir.clone()).unwrap_or_else(|| PathBuf::from("fleetml-data"));
     let database_url = args
         .database_url
         .clone()
         .or_else(|| file.database_url.clone())
         .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("fleetml.db").display()));
-    if !(database_url.starts_with("sqlite:")
-        || database_url.starts_with("postgres:")
-        || database_url.starts_with("postgresql:"))
-    {
-        return Err(config_error(
-            "database_url",
-            format!("`{database_url}`: expected sqlite://PATH or postgres://..."),
-        ));
+    if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres:") || database_url.starts_with("postgresql:")) {
+        return Err(config_error("database_url", format!("`{database_url}`: expected sqlite://PATH or postgres://...")));
     }
     let broker = match args.mqtt_url.clone().or_else(|| file.mqtt_url.clone()) {
-        Some(url) => BrokerConfig::External {
-            address: BrokerAddress::parse(&url).map_err(|error| config_error("mqtt_url", error))?,
-        },
+        Some(url) => BrokerConfig::External { address: BrokerAddress::parse(&url).map_err(|error| config_error("mqtt_url", error))? },
         None => BrokerConfig::Embedded {
-            listen: args
-                .mqtt_listen
-                .or(file.mqtt_listen)
-                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883))),
+            listen: args.mqtt_listen.or(file.mqtt_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883))),
         },
     };
-    let topic_root = args
-        .mqtt_topic_root
-        .clone()
-        .or_else(|| file.mqtt_topic_root.clone())
-        .unwrap_or_else(|| "fleetml".into());
+    let topic_root = args.mqtt_topic_root.clone().or_else(|| file.mqtt_topic_root.clone()).unwrap_or_else(|| "fleetml".into());
     if topic_root.is_empty() || topic_root.contains(['+', '#']) {
-        return Err(config_error(
-            "mqtt_topic_root",
-            "must be non-empty and contain no MQTT wildcards",
-        ));
+        return Err(config_error("mqtt_topic_root", "must be non-empty and contain no MQTT wildcards"));
     }
-    let admin_token = args
-        .admin_token
-        .clone()
-        .or_else(|| file.admin_token.clone());
+    let admin_token = args.admin_token.clone().or_else(|| file.admin_token.clone());
     if let Some(token) = &admin_token
         && token.len() < 16
     {
-        return Err(config_error(
-            "admin_token",
-            "must be at least 16 characters",
-        ));
+        return Err(config_error("admin_token", "must be at least 16 characters"));
     }
     let coalesce_ms = args.coalesce_ms.or(file.coalesce_ms).unwrap_or(50);
     if coalesce_ms > 10_000 {
@@ -169,14 +136,8 @@ pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<PlaneConfig, Confi
         database_url,
         broker,
         topic_root,
-        http: args
-            .http
-            .or(file.http)
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
-        signing_key: args
-            .signing_key
-            .clone()
-            .or_else(|| file.signing_key.clone()),
+        http: args.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        signing_key: args.signing_key.clone().or_else(|| file.signing_key.clone()),
         admin_token,
         coalesce_window: Duration::from_millis(coalesce_ms),
         announce_token: true,
@@ -189,56 +150,25 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_defaults_fill_the_rest() {
-        let file: FileConfig = toml::from_str("data_dir = \"/srv/fleetml\"\nhttp = \"0.0.0.0:9000\"\nmqtt_url = \"mqtt://broker:1884\"").unwrap();
-        let args = ServeArgs {
-            http: Some("127.0.0.1:7000".parse().unwrap()),
-            ..ServeArgs::default()
-        };
+        let file: FileConfig =
+            toml::from_str("data_dir = \"/srv/fleetml\"\nhttp = \"0.0.0.0:9000\"\nmqtt_url = \"mqtt://broker:1884\"").unwrap();
+        let args = ServeArgs { http: Some("127.0.0.1:7000".parse().unwrap()), ..ServeArgs::default() };
         let config = resolve(&args, &file).unwrap();
         assert_eq!(config.http, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(config.database_url, "sqlite:///srv/fleetml/fleetml.db");
-        assert!(
-            matches!(config.broker, BrokerConfig::External { ref address } if address.port == 1884)
-        );
+        assert!(matches!(config.broker, BrokerConfig::External { ref address } if address.port == 1884));
         assert_eq!(config.topic_root, "fleetml");
     }
 
     #[test]
     fn invalid_settings_name_their_field() {
         for (args, field) in [
-            (
-                ServeArgs {
-                    database_url: Some("mysql://x".into()),
-                    ..ServeArgs::default()
-                },
-                "database_url",
-            ),
-            (
-                ServeArgs {
-                    mqtt_url: Some("http://x".into()),
-                    ..ServeArgs::default()
-                },
-                "mqtt_url",
-            ),
-            (
-                ServeArgs {
-                    admin_token: Some("short".into()),
-                    ..ServeArgs::default()
-                },
-                "admin_token",
-            ),
-            (
-                ServeArgs {
-                    mqtt_topic_root: Some("#".into()),
-                    ..ServeArgs::default()
-                },
-                "mqtt_topic_root",
-            ),
+            (ServeArgs { database_url: Some("mysql://x".into()), ..ServeArgs::default() }, "database_url"),
+            (ServeArgs { mqtt_url: Some("http://x".into()), ..ServeArgs::default() }, "mqtt_url"),
+            (ServeArgs { admin_token: Some("short".into()), ..ServeArgs::default() }, "admin_token"),
+            (ServeArgs { mqtt_topic_root: Some("#".into()), ..ServeArgs::default() }, "mqtt_topic_root"),
         ] {
-            assert_eq!(
-                resolve(&args, &FileConfig::default()).unwrap_err().field,
-                field
-            );
+            assert_eq!(resolve(&args, &FileConfig::default()).unwrap_err().field, field);
         }
         assert!(toml::from_str::<FileConfig>("nope = 1").is_err());
     }

@@ -10,18 +10,15 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use fleetml_shared::bundle::SignedManifest;
-use fleetml_shared::protocol::{
-    self, DesiredSlot, DesiredTarget, RollbackPermission, SignedDesiredState, SlotRole,
-};
-use tokio::sync::mpsc;
+use fleetml_shared::protocol::{self, DesiredSlot, DesiredTarget, RollbackPermission, SignedDesiredState, SlotRole};
+use std::sync::Mutex;
+
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::PlaneCore;
 use crate::api::views::parse_slots;
 use crate::store::{DeploymentRecord, DeploymentTarget, DesiredRecord, DeviceRecord, StoreError};
-
-/// Commands waiting for the controller; senders wait when full.
-pub const CONTROLLER_CAPACITY: usize = 1024;
 
 #[derive(Debug)]
 pub enum ControllerCommand {
@@ -30,9 +27,58 @@ pub enum ControllerCommand {
     RepublishAll,
 }
 
+/// Work for the controller. Commands are idempotent, so they merge into one pending set:
+/// bounded by the number of devices, and a sender never waits (the MQTT link sends here,
+/// and the controller publishes through the link, so a wait could deadlock the two).
+#[derive(Default)]
+pub struct ControllerQueue {
+    pending: Mutex<PendingWork>,
+    notify: Notify,
+}
+
+#[derive(Default)]
+struct PendingWork {
+    devices: BTreeSet<String>,
+    all: bool,
+    republish: bool,
+}
+
+impl PendingWork {
+    fn is_empty(&self) -> bool {
+        self.devices.is_empty() && !self.all && !self.republish
+    }
+}
+
+impl ControllerQueue {
+    pub fn request(&self, command: ControllerCommand) {
+        if let Ok(mut pending) = self.pending.lock() {
+            match command {
+                ControllerCommand::ReconcileDevice(device_id) => {
+                    pending.devices.insert(device_id);
+                }
+                ControllerCommand::ReconcileAll => pending.all = true,
+                ControllerCommand::RepublishAll => pending.republish = true,
+            }
+        }
+        self.notify.notify_one();
+    }
+
+    /// Everything requested since the last call; waits while there is nothing.
+    async fn take(&self) -> PendingWork {
+        loop {
+            if let Ok(mut pending) = self.pending.lock()
+                && !pending.is_empty()
+            {
+                return std::mem::take(&mut *pending);
+            }
+            // A notification sent before this await is kept as a permit, so none is lost.
+            self.notify.notified().await;
+        }
+    }
+}
+
 pub struct DeploymentController {
     pub core: Arc<PlaneCore>,
-    pub commands: mpsc::Receiver<ControllerCommand>,
 }
 
 /// Whether a deployment targets a device.
@@ -44,52 +90,30 @@ pub fn targets(deployment: &DeploymentRecord, device: &DeviceRecord) -> bool {
 }
 
 /// The deployment that decides a model's version on a device: the newest one targeting it.
-pub fn deciding_deployment<'a>(
-    deployments: &'a [DeploymentRecord],
-    model: &str,
-    device: &DeviceRecord,
-) -> Option<&'a DeploymentRecord> {
-    deployments
-        .iter()
-        .filter(|deployment| deployment.model == model && targets(deployment, device))
-        .max_by_key(|deployment| deployment.id)
+pub fn deciding_deployment<'a>(deployments: &'a [DeploymentRecord], model: &str, device: &DeviceRecord) -> Option<&'a DeploymentRecord> {
+    deployments.iter().filter(|deployment| deployment.model == model && targets(deployment, device)).max_by_key(|deployment| deployment.id)
 }
 
 impl DeploymentController {
     #[tracing::instrument(name = "deployment_controller", skip_all)]
-    pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(self, cancel: CancellationToken) -> anyhow::Result<()> {
         loop {
-            let command = tokio::select! {
+            let work = tokio::select! {
                 _ = cancel.cancelled() => break,
-                // Cancel-safe: mpsc::Receiver::recv.
-                command = self.commands.recv() => match command {
-                    Some(command) => command,
-                    None => break,
-                },
+                // Cancel-safe: `take` only removes work once it returns.
+                work = self.core.controller.take() => work,
             };
-            // Coalesce what queued up meanwhile: one pass serves them all.
-            let mut devices = BTreeSet::new();
-            let (mut all, mut republish) = (false, false);
-            let mut absorb = |command: ControllerCommand| match command {
-                ControllerCommand::ReconcileDevice(device_id) => {
-                    devices.insert(device_id);
-                }
-                ControllerCommand::ReconcileAll => all = true,
-                ControllerCommand::RepublishAll => republish = true,
-            };
-            absorb(command);
-            while let Ok(command) = self.commands.try_recv() {
-                absorb(command);
-            }
-            if republish && let Err(error) = self.republish_all().await {
+            if work.republish
+                && let Err(error) = self.republish_all().await
+            {
                 tracing::error!(%error, "could not republish desired states");
             }
-            let result = if all {
+            let result = if work.all {
                 self.reconcile(None).await
-            } else if devices.is_empty() {
+            } else if work.devices.is_empty() {
                 Ok(())
             } else {
-                self.reconcile(Some(&devices)).await
+                self.reconcile(Some(&work.devices)).await
             };
             if let Err(error) = result {
                 tracing::error!(%error, "reconcile failed; it runs again on the next change");
@@ -101,14 +125,7 @@ impl DeploymentController {
     async fn republish_all(&self) -> Result<(), StoreError> {
         let desired = self.core.store.list_desired().await?;
         for record in &desired {
-            self.core
-                .mqtt
-                .publish(
-                    self.core.topics.desired(&record.device_id, &record.model),
-                    true,
-                    record.payload.clone(),
-                )
-                .await;
+            self.core.mqtt.publish(self.core.topics.desired(&record.device_id, &record.model), true, record.payload.clone()).await;
         }
         tracing::info!(n_desired = desired.len(), "desired states published");
         Ok(())
@@ -119,16 +136,10 @@ impl DeploymentController {
         if deployments.is_empty() {
             return Ok(());
         }
-        let models: BTreeSet<&str> = deployments
-            .iter()
-            .map(|deployment| deployment.model.as_str())
-            .collect();
+        let models: BTreeSet<&str> = deployments.iter().map(|deployment| deployment.model.as_str()).collect();
         let devices = self.core.store.list_devices().await?;
         let mut n_changed = 0usize;
-        for device in devices
-            .iter()
-            .filter(|device| only.is_none_or(|only| only.contains(&device.device_id)))
-        {
+        for device in devices.iter().filter(|device| only.is_none_or(|only| only.contains(&device.device_id))) {
             for model in &models {
                 let Some(deployment) = deciding_deployment(&deployments, model, device) else {
                     continue;
@@ -145,32 +156,14 @@ impl DeploymentController {
     }
 
     /// Writes and publishes a new desired state if the device is not yet told this version.
-    async fn ensure_desired(
-        &self,
-        device: &DeviceRecord,
-        deployment: &DeploymentRecord,
-    ) -> Result<bool, StoreError> {
-        let current = self
-            .core
-            .store
-            .get_desired(&device.device_id, &deployment.model)
-            .await?;
-        let reported_slot = parse_slots(&device.slots_json)
-            .into_iter()
-            .find(|slot| slot.model == deployment.model);
-        let reported_generation = reported_slot
-            .as_ref()
-            .map(|slot| slot.generation as i64)
-            .unwrap_or(0);
-        let current_generation = current
-            .as_ref()
-            .map(|current| current.generation)
-            .unwrap_or(0);
+    async fn ensure_desired(&self, device: &DeviceRecord, deployment: &DeploymentRecord) -> Result<bool, StoreError> {
+        let current = self.core.store.get_desired(&device.device_id, &deployment.model).await?;
+        let reported_slot = parse_slots(&device.slots_json).into_iter().find(|slot| slot.model == deployment.model);
+        let reported_generation = reported_slot.as_ref().map(|slot| slot.generation as i64).unwrap_or(0);
+        let current_generation = current.as_ref().map(|current| current.generation).unwrap_or(0);
         // Told already, unless the device accepted a generation the plane never issued (the
         // database was restored from a backup, say): then the plane asserts its state again.
-        if current.as_ref().and_then(|current| current.version) == Some(deployment.version)
-            && reported_generation <= current_generation
-        {
+        if current.as_ref().and_then(|current| current.version) == Some(deployment.version) && reported_generation <= current_generation {
             return Ok(false);
         }
         let version = self
@@ -178,43 +171,24 @@ impl DeploymentController {
             .store
             .get_version(&deployment.model, deployment.version)
             .await?
-            .ok_or_else(|| {
-                StoreError::NotFound(format!(
-                    "version {} of `{}`",
-                    deployment.version, deployment.model
-                ))
-            })?;
-        let bundle = self
-            .core
-            .store
-            .get_bundle(&version.digest)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("bundle {}", version.digest)))?;
-        let manifest: SignedManifest = postcard::from_bytes(&bundle.signed_manifest)
-            .map_err(|error| StoreError::Corrupt(format!("signed manifest: {error}")))?;
-        let reported_active = reported_slot
-            .as_ref()
-            .and_then(|slot| slot.active_version)
-            .map(|version| version as i64);
+            .ok_or_else(|| StoreError::NotFound(format!("version {} of `{}`", deployment.version, deployment.model)))?;
+        let bundle =
+            self.core.store.get_bundle(&version.digest).await?.ok_or_else(|| StoreError::NotFound(format!("bundle {}", version.digest)))?;
+        let manifest: SignedManifest =
+            postcard::from_bytes(&bundle.signed_manifest).map_err(|error| StoreError::Corrupt(format!("signed manifest: {error}")))?;
+        let reported_active = reported_slot.as_ref().and_then(|slot| slot.active_version).map(|version| version as i64);
         let told = current.as_ref().and_then(|current| current.version);
         let newest_known = told.into_iter().chain(reported_active).max();
-        let rollback = newest_known
-            .filter(|&newest| newest > deployment.version)
-            .map(|newest| RollbackPermission {
-                up_to_version: newest as u64,
-            });
+        let rollback =
+            newest_known.filter(|&newest| newest > deployment.version).map(|newest| RollbackPermission { up_to_version: newest as u64 });
         // Above what the device reports too: it would refuse a lower generation as a replay.
-        let generation = current_generation.max(reported_generation) + 1;
+        let generation = current_generation.max(reported_generation).saturating_add(1);
         let slot = DesiredSlot {
             device_id: device.device_id.clone(),
             model: deployment.model.clone(),
             generation: generation as u64,
             issued_at_ms: fleetml_shared::now_ms(),
-            target: DesiredTarget::Bundle {
-                manifest,
-                role: SlotRole::Active,
-                rollback,
-            },
+            target: DesiredTarget::Bundle { manifest, role: SlotRole::Active, rollback },
         };
         let payload = protocol::encode(&SignedDesiredState::sign(&slot, &self.core.signer));
         let record = DesiredRecord {
@@ -229,22 +203,8 @@ impl DeploymentController {
         };
         // Invariant: stored before published, so a crash in between republishes on restart.
         self.core.store.put_desired(&record).await?;
-        if self
-            .core
-            .mqtt
-            .publish(
-                self.core
-                    .topics
-                    .desired(&device.device_id, &deployment.model),
-                true,
-                payload,
-            )
-            .await
-        {
-            self.core
-                .counters
-                .desired_published
-                .fetch_add(1, Ordering::Relaxed);
+        if self.core.mqtt.publish(self.core.topics.desired(&device.device_id, &deployment.model), true, payload).await {
+            self.core.counters.desired_published.fetch_add(1, Ordering::Relaxed);
         }
         tracing::debug!(device_id = %device.device_id, model = %deployment.model, version = deployment.version, generation, rollback = rollback.is_some(), "desired state set");
         Ok(true)
@@ -261,10 +221,7 @@ mod tests {
     fn device(device_id: &str, labels: &[(&str, &str)]) -> DeviceRecord {
         DeviceRecord {
             device_id: device_id.into(),
-            labels: labels
-                .iter()
-                .map(|(key, value)| (key.to_string(), value.to_string()))
-                .collect::<BTreeMap<_, _>>(),
+            labels: labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect::<BTreeMap<_, _>>(),
             online: true,
             first_seen_ms: 0,
             last_seen_ms: 0,
@@ -275,47 +232,19 @@ mod tests {
         }
     }
 
-    fn deployment(
-        id: i64,
-        model: &str,
-        version: i64,
-        target: DeploymentTarget,
-    ) -> DeploymentRecord {
-        DeploymentRecord {
-            id,
-            model: model.into(),
-            version,
-            target,
-            created_ms: 0,
-        }
+    fn deployment(id: i64, model: &str, version: i64, target: DeploymentTarget) -> DeploymentRecord {
+        DeploymentRecord { id, model: model.into(), version, target, created_ms: 0 }
     }
 
     #[test]
     fn the_newest_matching_deployment_decides_per_model() {
         let deployments = vec![
-            deployment(
-                1,
-                "m",
-                1,
-                DeploymentTarget::Selector(Selector::parse("").unwrap()),
-            ),
-            deployment(
-                2,
-                "m",
-                2,
-                DeploymentTarget::Selector(Selector::parse("site=a").unwrap()),
-            ),
+            deployment(1, "m", 1, DeploymentTarget::Selector(Selector::parse("").unwrap())),
+            deployment(2, "m", 2, DeploymentTarget::Selector(Selector::parse("site=a").unwrap())),
             deployment(3, "m", 3, DeploymentTarget::Device("d9".into())),
-            deployment(
-                4,
-                "other",
-                7,
-                DeploymentTarget::Selector(Selector::parse("site=b").unwrap()),
-            ),
+            deployment(4, "other", 7, DeploymentTarget::Selector(Selector::parse("site=b").unwrap())),
         ];
-        let decide = |device: &DeviceRecord, model: &str| {
-            deciding_deployment(&deployments, model, device).map(|found| found.version)
-        };
+        let decide = |device: &DeviceRecord, model: &str| deciding_deployment(&deployments, model, device).map(|found| found.version);
         assert_eq!(decide(&device("d1", &[("site", "a")]), "m"), Some(2));
         assert_eq!(decide(&device("d2", &[("site", "b")]), "m"), Some(1));
         assert_eq!(decide(&device("d9", &[("site", "a")]), "m"), Some(3));

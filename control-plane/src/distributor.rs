@@ -38,12 +38,7 @@ pub struct Distributor {
 
 impl Distributor {
     pub fn new(core: Arc<PlaneCore>, inbound: mpsc::Receiver<Inbound>) -> Self {
-        Distributor {
-            core,
-            inbound,
-            cache: HashMap::new(),
-            pending: HashMap::new(),
-        }
+        Distributor { core, inbound, cache: HashMap::new(), pending: HashMap::new() }
     }
 
     #[tracing::instrument(name = "distributor", skip_all)]
@@ -70,36 +65,20 @@ impl Distributor {
         let request: FetchRequest = match protocol::decode::<FetchRequest>(&inbound.payload) {
             Ok(request) if request.device_id == device_id => request,
             Ok(_) => {
-                return self.refuse(
-                    &device_id,
-                    "device id in the message differs from the topic",
-                );
+                return self.refuse(&device_id, "device id in the message differs from the topic");
             }
             Err(error) => return self.refuse(&device_id, &error.to_string()),
         };
         let Some(bundle) = self.bundle(&request.digest).await else {
-            return self.refuse(
-                &device_id,
-                &format!("unknown bundle {}", request.digest.short()),
-            );
+            return self.refuse(&device_id, &format!("unknown bundle {}", request.digest.short()));
         };
-        self.core
-            .counters
-            .fetch_requests
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.core.counters.fetch_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let n_chunks = bundle.manifest.n_chunks();
         let window = self.core.coalesce_window;
-        let burst = self
-            .pending
-            .entry(request.digest)
-            .or_insert_with(|| PendingBurst {
-                due_at: Instant::now() + window,
-                chunks: BTreeSet::new(),
-            });
+        let burst =
+            self.pending.entry(request.digest).or_insert_with(|| PendingBurst { due_at: Instant::now() + window, chunks: BTreeSet::new() });
         for range in &request.missing {
-            burst
-                .chunks
-                .extend(range.start.min(n_chunks)..range.end.min(n_chunks));
+            burst.chunks.extend(range.start.min(n_chunks)..range.end.min(n_chunks));
         }
         tracing::debug!(%device_id, bundle = %request.digest.short(), pending = burst.chunks.len(), "fetch request");
     }
@@ -123,26 +102,18 @@ impl Distributor {
             return None;
         }
         if self.cache.len() >= CACHED_BUNDLES
-            && let Some(evicted) = self.cache.keys().next().copied()
+            && let Some(evicted) = self.cache.keys().find(|cached| !self.pending.contains_key(*cached)).copied()
         {
             self.cache.remove(&evicted);
         }
-        let bundle = Arc::new(CachedBundle {
-            manifest: verified.manifest,
-            payload,
-        });
+        let bundle = Arc::new(CachedBundle { manifest: verified.manifest, payload });
         self.cache.insert(*digest, bundle.clone());
         Some(bundle)
     }
 
     async fn publish_due(&mut self) {
         let now = Instant::now();
-        let due: Vec<BundleDigest> = self
-            .pending
-            .iter()
-            .filter(|(_, burst)| burst.due_at <= now)
-            .map(|(digest, _)| *digest)
-            .collect();
+        let due: Vec<BundleDigest> = self.pending.iter().filter(|(_, burst)| burst.due_at <= now).map(|(digest, _)| *digest).collect();
         for digest in due {
             let Some(burst) = self.pending.remove(&digest) else {
                 continue;
@@ -154,22 +125,12 @@ impl Distributor {
             tracing::debug!(bundle = %digest.short(), n_chunks = burst.chunks.len(), "publishing chunks");
             for index in burst.chunks {
                 let range = bundle.manifest.chunk_range(index);
-                let chunk = ChunkMessage {
-                    digest,
-                    index,
-                    data: bundle.payload[range.start as usize..range.end as usize].to_vec(),
-                };
+                let chunk = ChunkMessage { digest, index, data: bundle.payload[range.start as usize..range.end as usize].to_vec() };
                 let payload = protocol::encode(&chunk);
                 let n_bytes = payload.len() as u64;
                 if self.core.mqtt.publish(topic.clone(), false, payload).await {
-                    self.core
-                        .counters
-                        .chunks_published
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    self.core
-                        .counters
-                        .chunk_bytes_published
-                        .fetch_add(n_bytes, std::sync::atomic::Ordering::Relaxed);
+                    self.core.counters.chunks_published.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.core.counters.chunk_bytes_published.fetch_add(n_bytes, std::sync::atomic::Ordering::Relaxed);
                 }
             }
         }

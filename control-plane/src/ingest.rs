@@ -64,99 +64,67 @@ impl Ingest {
 
     async fn handle(&self, inbound: Inbound, windows: &mut Vec<InferenceWindow>) {
         match inbound.kind {
-            TopicKind::Reported { device_id } => {
-                match protocol::decode::<Reported>(&inbound.payload) {
-                    Ok(Reported::Online(state)) if state.device_id == device_id => {
-                        let slots: Vec<SlotView> =
-                            state.slots.iter().map(SlotView::from_report).collect();
-                        let labels: BTreeMap<String, String> = state.labels.into_iter().collect();
-                        let update = ReportedUpdate {
-                            device_id: device_id.clone(),
-                            labels,
-                            agent_version: state.agent_version,
-                            slots_json: serde_json::to_string(&slots)
-                                .unwrap_or_else(|_| "[]".into()),
-                            last_refusal: state.last_refusal,
-                            at_ms: fleetml_shared::now_ms() as i64,
-                        };
-                        match self.core.store.apply_reported(&update).await {
-                            Ok(DeviceChange::New | DeviceChange::Relabelled) => {
-                                tracing::debug!(%device_id, "device joined or changed labels; evaluating deployments");
-                                let _ = self
-                                    .core
-                                    .controller
-                                    .send(ControllerCommand::ReconcileDevice(device_id))
-                                    .await;
-                            }
-                            Ok(DeviceChange::Unchanged) => {}
-                            Err(error) => {
-                                tracing::error!(%device_id, %error, "could not store reported state")
-                            }
+            TopicKind::Reported { device_id } => match protocol::decode::<Reported>(&inbound.payload) {
+                Ok(Reported::Online(state)) if state.device_id == device_id => {
+                    let slots: Vec<SlotView> = state.slots.iter().map(SlotView::from_report).collect();
+                    let labels: BTreeMap<String, String> = state.labels.into_iter().collect();
+                    let update = ReportedUpdate {
+                        device_id: device_id.clone(),
+                        labels,
+                        agent_version: state.agent_version,
+                        slots_json: serde_json::to_string(&slots).unwrap_or_else(|_| "[]".into()),
+                        last_refusal: state.last_refusal,
+                        at_ms: fleetml_shared::now_ms() as i64,
+                    };
+                    match self.core.store.apply_reported(&update).await {
+                        Ok(DeviceChange::New | DeviceChange::Relabelled) => {
+                            tracing::debug!(%device_id, "device joined or changed labels; evaluating deployments");
+                            self.core.controller.request(ControllerCommand::ReconcileDevice(device_id));
+                        }
+                        Ok(DeviceChange::Unchanged) => {}
+                        Err(error) => {
+                            tracing::error!(%device_id, %error, "could not store reported state")
                         }
                     }
-                    Ok(Reported::Offline {
-                        device_id: offline_id,
-                    }) if offline_id == device_id => {
-                        tracing::debug!(%device_id, "device offline");
-                        if let Err(error) = self
-                            .core
-                            .store
-                            .mark_offline(&device_id, fleetml_shared::now_ms() as i64)
-                            .await
-                        {
-                            tracing::error!(%device_id, %error, "could not mark device offline");
-                        }
-                    }
-                    Ok(_) => self.refuse(
-                        &device_id,
-                        "reported",
-                        "device id in the message differs from the topic",
-                    ),
-                    Err(error) => self.refuse(&device_id, "reported", error),
                 }
-            }
-            TopicKind::Telemetry { device_id } => {
-                match protocol::decode::<Telemetry>(&inbound.payload) {
-                    Ok(Telemetry::Heartbeat(heartbeat)) if heartbeat.device_id == device_id => {
-                        let now_ms = fleetml_shared::now_ms() as i64;
-                        let vitals = DeviceVitals {
-                            cpu_percent: heartbeat.cpu_percent as f64,
-                            memory_used_bytes: heartbeat.memory_used_bytes as i64,
-                            memory_total_bytes: heartbeat.memory_total_bytes as i64,
-                            process_rss_bytes: heartbeat.process_rss_bytes as i64,
-                            uptime_s: heartbeat.uptime_s as i64,
-                            refused_messages: heartbeat.refused_messages as i64,
-                            last_heartbeat_ms: now_ms,
-                        };
-                        if let Err(error) = self.core.store.record_vitals(&device_id, &vitals).await
-                        {
-                            tracing::error!(%device_id, %error, "could not store heartbeat");
-                        }
-                        windows.extend(
-                            heartbeat
-                                .models
-                                .into_iter()
-                                .filter(|figures| figures.requests > 0)
-                                .map(|figures| InferenceWindow {
-                                    device_id: device_id.clone(),
-                                    model: figures.model,
-                                    version: figures.version as i64,
-                                    window_end_ms: now_ms,
-                                    window_ms: heartbeat.window_ms as i64,
-                                    requests: figures.requests as i64,
-                                    errors: figures.errors as i64,
-                                    latency_us: figures.latency_us,
-                                }),
-                        );
+                Ok(Reported::Offline { device_id: offline_id }) if offline_id == device_id => {
+                    tracing::debug!(%device_id, "device offline");
+                    if let Err(error) = self.core.store.mark_offline(&device_id, fleetml_shared::now_ms() as i64).await {
+                        tracing::error!(%device_id, %error, "could not mark device offline");
                     }
-                    Ok(_) => self.refuse(
-                        &device_id,
-                        "telemetry",
-                        "device id in the message differs from the topic",
-                    ),
-                    Err(error) => self.refuse(&device_id, "telemetry", error),
                 }
-            }
+                Ok(_) => self.refuse(&device_id, "reported", "device id in the message differs from the topic"),
+                Err(error) => self.refuse(&device_id, "reported", error),
+            },
+            TopicKind::Telemetry { device_id } => match protocol::decode::<Telemetry>(&inbound.payload) {
+                Ok(Telemetry::Heartbeat(heartbeat)) if heartbeat.device_id == device_id => {
+                    let now_ms = fleetml_shared::now_ms() as i64;
+                    let vitals = DeviceVitals {
+                        cpu_percent: heartbeat.cpu_percent as f64,
+                        memory_used_bytes: heartbeat.memory_used_bytes as i64,
+                        memory_total_bytes: heartbeat.memory_total_bytes as i64,
+                        process_rss_bytes: heartbeat.process_rss_bytes as i64,
+                        uptime_s: heartbeat.uptime_s as i64,
+                        refused_messages: heartbeat.refused_messages as i64,
+                        last_heartbeat_ms: now_ms,
+                    };
+                    if let Err(error) = self.core.store.record_vitals(&device_id, &vitals).await {
+                        tracing::error!(%device_id, %error, "could not store heartbeat");
+                    }
+                    windows.extend(heartbeat.models.into_iter().filter(|figures| figures.requests > 0).map(|figures| InferenceWindow {
+                        device_id: device_id.clone(),
+                        model: figures.model,
+                        version: figures.version as i64,
+                        window_end_ms: now_ms,
+                        window_ms: heartbeat.window_ms as i64,
+                        requests: figures.requests as i64,
+                        errors: figures.errors as i64,
+                        latency_us: figures.latency_us,
+                    }));
+                }
+                Ok(_) => self.refuse(&device_id, "telemetry", "device id in the message differs from the topic"),
+                Err(error) => self.refuse(&device_id, "telemetry", error),
+            },
             TopicKind::Fetch { .. } | TopicKind::Desired { .. } | TopicKind::Chunks { .. } => {}
         }
     }

@@ -22,8 +22,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    file.write_all(contents)
-        .with_context(|| format!("writing {}", path.display()))?;
+    file.write_all(contents).with_context(|| format!("writing {}", path.display()))?;
     file.sync_all()?;
     Ok(())
 }
@@ -35,24 +34,18 @@ pub fn generate(out_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, SigningKeyP
     let private_path = out_dir.join(SIGNING_KEY_FILE);
     let public_path = out_dir.join(PUBLIC_KEY_FILE);
     write_private(&private_path, key_pair.to_pem()?.as_bytes())?;
-    fs::write(&public_path, key_pair.public_key().to_pem()?)
-        .with_context(|| format!("writing {}", public_path.display()))?;
+    fs::write(&public_path, key_pair.public_key().to_pem()?).with_context(|| format!("writing {}", public_path.display()))?;
     Ok((private_path, public_path, key_pair))
 }
 
 /// The key given by `--signing-key`, or the data folder's, made on first start.
-pub fn load_or_create(
-    configured: Option<&Path>,
-    data_dir: &Path,
-) -> anyhow::Result<SigningKeyPair> {
+pub fn load_or_create(configured: Option<&Path>, data_dir: &Path) -> anyhow::Result<SigningKeyPair> {
     if let Some(path) = configured {
-        return SigningKeyPair::read(path)
-            .with_context(|| format!("loading the signing key {}", path.display()));
+        return SigningKeyPair::read(path).with_context(|| format!("loading the signing key {}", path.display()));
     }
     let private_path = data_dir.join(SIGNING_KEY_FILE);
     if private_path.exists() {
-        return SigningKeyPair::read(&private_path)
-            .with_context(|| format!("loading {}", private_path.display()));
+        return SigningKeyPair::read(&private_path).with_context(|| format!("loading {}", private_path.display()));
     }
     let (_, public_path, key_pair) = generate(data_dir)?;
     tracing::info!(key_id = %key_pair.key_id(), public_key = %public_path.display(), "generated a signing key; give its public key to devices");
@@ -65,7 +58,6 @@ pub fn token_hash(token: &str) -> String {
 
 pub fn new_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 24];
-    getrandom::fill(&mut bytes)
-        .map_err(|error| anyhow::anyhow!("no system randomness: {error}"))?;
+    getrandom::fill(&mut bytes).map_err(|error| anyhow::anyhow!("no system randomness: {error}"))?;
     Ok(format!("fml_{}", hex::encode(bytes)))
 }

@@ -35,7 +35,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::error::ApiError;
 use crate::api::views::PushResponse;
 use crate::config::{BrokerConfig, PlaneConfig};
-use crate::deployment::{CONTROLLER_CAPACITY, ControllerCommand, DeploymentController};
+use crate::deployment::{ControllerCommand, ControllerQueue, DeploymentController};
 use crate::distributor::Distributor;
 use crate::ingest::Ingest;
 use crate::mqtt::{PlaneLink, PlaneMqtt};
@@ -55,6 +55,8 @@ pub struct PlaneCounters {
     pub chunks_published: AtomicU64,
     pub chunk_bytes_published: AtomicU64,
     pub desired_published: AtomicU64,
+    /// Fetch requests dropped because the distributor was behind (devices ask again).
+    pub fetch_requests_dropped: AtomicU64,
 }
 
 impl PlaneCounters {
@@ -72,8 +74,8 @@ pub struct PlaneCore {
     pub data_dir: PathBuf,
     pub broker_url: String,
     pub mqtt: PlaneMqtt,
-    pub counters: PlaneCounters,
-    pub controller: mpsc::Sender<ControllerCommand>,
+    pub counters: Arc<PlaneCounters>,
+    pub controller: Arc<ControllerQueue>,
     pub coalesce_window: Duration,
     /// Serialises pushes so version numbers are assigned without races.
     push_lock: tokio::sync::Mutex<()>,
@@ -81,9 +83,7 @@ pub struct PlaneCore {
 
 impl PlaneCore {
     pub fn bundle_path(&self, digest: &BundleDigest) -> PathBuf {
-        self.data_dir
-            .join("bundles")
-            .join(format!("{}.bundle", digest.to_hex()))
+        self.data_dir.join("bundles").join(format!("{}.bundle", digest.to_hex()))
     }
 
     /// `NAME@REF`'s REF: an integer is a version, anything else an alias.
@@ -94,9 +94,7 @@ impl PlaneCore {
         self.store
             .resolve_alias(model, reference)
             .await?
-            .ok_or_else(|| {
-                ApiError::NotFound(format!("model `{model}` has no alias `{reference}`"))
-            })
+            .ok_or_else(|| ApiError::NotFound(format!("model `{model}` has no alias `{reference}`")))
     }
 
     /// Registers the next version of `model`: checks it with tract, builds and signs the
@@ -122,22 +120,15 @@ impl PlaneCore {
         let key_pair = self.signer.clone();
         let onnx_len = onnx.len();
         let onnx_sha256 = hex::encode(fleetml_shared::bundle::sha256(&onnx));
-        let built = tokio::task::spawn_blocking(move || {
-            registry::build_bundle(&onnx, &options, &key_pair, fleetml_shared::now_ms())
-        })
-        .await
-        .map_err(|error| ApiError::Internal(error.to_string()))??;
+        let built = tokio::task::spawn_blocking(move || registry::build_bundle(&onnx, &options, &key_pair, fleetml_shared::now_ms()))
+            .await
+            .map_err(|error| ApiError::Internal(error.to_string()))??;
         let digest = built.signed_manifest.digest();
         let bundle_path = self.bundle_path(&digest);
         let temporary = bundle_path.with_extension("tmp");
-        tokio::fs::write(&temporary, &built.file_bytes)
-            .await
-            .map_err(|error| ApiError::Internal(format!("writing bundle: {error}")))?;
-        tokio::fs::rename(&temporary, &bundle_path)
-            .await
-            .map_err(|error| ApiError::Internal(format!("writing bundle: {error}")))?;
-        let schema_json = serde_json::to_string(&built.schema)
-            .map_err(|error| ApiError::Internal(error.to_string()))?;
+        tokio::fs::write(&temporary, &built.file_bytes).await.map_err(|error| ApiError::Internal(format!("writing bundle: {error}")))?;
+        tokio::fs::rename(&temporary, &bundle_path).await.map_err(|error| ApiError::Internal(format!("writing bundle: {error}")))?;
+        let schema_json = serde_json::to_string(&built.schema).map_err(|error| ApiError::Internal(error.to_string()))?;
         let record = ModelVersionRecord {
             model: model.to_string(),
             version,
@@ -153,8 +144,7 @@ impl PlaneCore {
             digest: digest.to_hex(),
             model: model.to_string(),
             version,
-            signed_manifest: postcard::to_stdvec(&built.signed_manifest)
-                .map_err(|error| ApiError::Internal(error.to_string()))?,
+            signed_manifest: postcard::to_stdvec(&built.signed_manifest).map_err(|error| ApiError::Internal(error.to_string()))?,
         };
         self.store.insert_version(&record, &bundle).await?;
         tracing::info!(%model, version, digest = %digest.short(), "model version registered");
@@ -179,30 +169,15 @@ pub struct PlaneHandle {
     pub core: Arc<PlaneCore>,
 }
 
-async fn ensure_admin_token(
-    store: &dyn Store,
-    config: &PlaneConfig,
-) -> anyhow::Result<Option<String>> {
+async fn ensure_admin_token(store: &dyn Store, config: &PlaneConfig) -> anyhow::Result<Option<String>> {
     if let Some(token) = &config.admin_token {
-        store
-            .insert_token(
-                &keys::token_hash(token),
-                "admin (configured)",
-                fleetml_shared::now_ms() as i64,
-            )
-            .await?;
+        store.insert_token(&keys::token_hash(token), "admin (configured)", fleetml_shared::now_ms() as i64).await?;
         return Ok(Some(token.clone()));
     }
     let path = config.data_dir.join(keys::ADMIN_TOKEN_FILE);
     if let Ok(token) = std::fs::read_to_string(&path) {
         let token = token.trim().to_string();
-        store
-            .insert_token(
-                &keys::token_hash(&token),
-                "admin",
-                fleetml_shared::now_ms() as i64,
-            )
-            .await?;
+        store.insert_token(&keys::token_hash(&token), "admin", fleetml_shared::now_ms() as i64).await?;
         return Ok(Some(token));
     }
     if store.count_tokens().await? > 0 {
@@ -210,40 +185,23 @@ async fn ensure_admin_token(
     }
     let token = keys::new_token()?;
     keys::write_private(&path, token.as_bytes())?;
-    store
-        .insert_token(
-            &keys::token_hash(&token),
-            "admin",
-            fleetml_shared::now_ms() as i64,
-        )
-        .await?;
+    store.insert_token(&keys::token_hash(&token), "admin", fleetml_shared::now_ms() as i64).await?;
     if config.announce_token {
         // Printed once, on first start; it is also in the data folder, readable by the owner only.
-        println!(
-            "admin token (shown once; also in {}): {token}",
-            path.display()
-        );
+        println!("admin token (shown once; also in {}): {token}", path.display());
     }
     Ok(Some(token))
 }
 
 /// Starts the plane's actors and HTTP server on `tracker`.
-pub async fn start(
-    config: PlaneConfig,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> anyhow::Result<PlaneHandle> {
-    std::fs::create_dir_all(config.data_dir.join("bundles"))
-        .with_context(|| format!("creating {}", config.data_dir.display()))?;
-    let store = store::open(&config.database_url)
-        .await
-        .with_context(|| format!("opening the store {}", redact(&config.database_url)))?;
+pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &CancellationToken) -> anyhow::Result<PlaneHandle> {
+    std::fs::create_dir_all(config.data_dir.join("bundles")).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    let store = store::open(&config.database_url).await.with_context(|| format!("opening the store {}", redact(&config.database_url)))?;
     let signer = keys::load_or_create(config.signing_key.as_deref(), &config.data_dir)?;
     let public_key_pem = signer.public_key().to_pem()?;
     let public_key_path = config.data_dir.join(keys::PUBLIC_KEY_FILE);
     if std::fs::read_to_string(&public_key_path).ok().as_deref() != Some(public_key_pem.as_str()) {
-        std::fs::write(&public_key_path, &public_key_pem)
-            .with_context(|| format!("writing {}", public_key_path.display()))?;
+        std::fs::write(&public_key_path, &public_key_pem).with_context(|| format!("writing {}", public_key_path.display()))?;
     }
     let admin_token = ensure_admin_token(store.as_ref(), &config).await?;
     let (host, port) = match &config.broker {
@@ -253,23 +211,13 @@ pub async fn start(
         }
         BrokerConfig::External { address } => (address.host.clone(), address.port),
     };
-    let broker_url = fleetml_shared::broker::BrokerAddress {
-        host: host.clone(),
-        port,
-    }
-    .to_string();
+    let broker_url = fleetml_shared::broker::BrokerAddress { host: host.clone(), port }.to_string();
     let topics = Topics::new(&config.topic_root);
     let (ingest_sender, ingest_receiver) = mpsc::channel(INBOUND_CAPACITY);
     let (fetch_sender, fetch_receiver) = mpsc::channel(INBOUND_CAPACITY);
-    let (controller_sender, controller_receiver) = mpsc::channel(CONTROLLER_CAPACITY);
-    let (link, mqtt) = PlaneLink::new(
-        &host,
-        port,
-        topics.clone(),
-        ingest_sender,
-        fetch_sender,
-        controller_sender.clone(),
-    );
+    let controller = Arc::new(ControllerQueue::default());
+    let counters = Arc::new(PlaneCounters::default());
+    let (link, mqtt) = PlaneLink::new(&host, port, topics.clone(), ingest_sender, fetch_sender, controller.clone(), counters.clone());
     let core = Arc::new(PlaneCore {
         store,
         signer,
@@ -278,57 +226,26 @@ pub async fn start(
         data_dir: config.data_dir.clone(),
         broker_url: broker_url.clone(),
         mqtt,
-        counters: PlaneCounters::default(),
-        controller: controller_sender,
+        counters,
+        controller,
         coalesce_window: config.coalesce_window,
         push_lock: tokio::sync::Mutex::new(()),
     });
     spawn_actor(tracker, "mqtt", link.run(cancel.clone()));
-    spawn_actor(
-        tracker,
-        "ingest",
-        Ingest {
-            core: core.clone(),
-            inbound: ingest_receiver,
-        }
-        .run(cancel.clone()),
-    );
-    spawn_actor(
-        tracker,
-        "distributor",
-        Distributor::new(core.clone(), fetch_receiver).run(cancel.clone()),
-    );
-    spawn_actor(
-        tracker,
-        "deployments",
-        DeploymentController {
-            core: core.clone(),
-            commands: controller_receiver,
-        }
-        .run(cancel.clone()),
-    );
+    spawn_actor(tracker, "ingest", Ingest { core: core.clone(), inbound: ingest_receiver }.run(cancel.clone()));
+    spawn_actor(tracker, "distributor", Distributor::new(core.clone(), fetch_receiver).run(cancel.clone()));
+    spawn_actor(tracker, "deployments", DeploymentController { core: core.clone() }.run(cancel.clone()));
     // Devices may have joined or changed while the plane was down.
-    let _ = core.controller.send(ControllerCommand::ReconcileAll).await;
-    let listener = tokio::net::TcpListener::bind(config.http)
-        .await
-        .with_context(|| format!("binding the HTTP API to {}", config.http))?;
+    core.controller.request(ControllerCommand::ReconcileAll);
+    let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding the HTTP API to {}", config.http))?;
     let http_addr = listener.local_addr()?;
     let router = api::router(core.clone());
     let shutdown = cancel.clone();
     spawn_actor(tracker, "http", async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("HTTP server")
+        axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("HTTP server")
     });
     tracing::info!(http = %http_addr, broker = %broker_url, store = core.store.backend(), "control plane running");
-    Ok(PlaneHandle {
-        http_addr,
-        broker_url,
-        public_key_path,
-        admin_token,
-        core,
-    })
+    Ok(PlaneHandle { http_addr, broker_url, public_key_path, admin_token, core })
 }
 
 /// `fleetml serve`: runs until `cancel`.
@@ -343,20 +260,13 @@ pub async fn serve(config: PlaneConfig, cancel: CancellationToken) -> anyhow::Re
     );
     cancel.cancelled().await;
     tracker.close();
-    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(SHUTDOWN_GRACE, tracker.wait()).await.is_err() {
         tracing::warn!("some actors did not stop within the grace period");
     }
     Ok(())
 }
 
-pub fn spawn_actor(
-    tracker: &TaskTracker,
-    name: &'static str,
-    actor: impl Future<Output = anyhow::Result<()>> + Send + 'static,
-) {
+pub fn spawn_actor(tracker: &TaskTracker, name: &'static str, actor: impl Future<Output = anyhow::Result<()>> + Send + 'static) {
     tracker.spawn(async move {
         if let Err(error) = actor.await {
             tracing::error!(actor = name, error = format!("{error:#}"), "actor stopped");

@@ -14,19 +14,10 @@ use fleetml_plane::demo::{self, DemoOptions};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "fleetml",
-    version,
-    about = "fleetml: MLOps for fleets of devices"
-)]
+#[command(name = "fleetml", version, about = "fleetml: MLOps for fleets of devices")]
 struct Cli {
     /// Log format: text or json.
-    #[arg(
-        long,
-        env = "FLEETML_LOG_FORMAT",
-        default_value = "text",
-        global = true
-    )]
+    #[arg(long, env = "FLEETML_LOG_FORMAT", default_value = "text", global = true)]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -47,11 +38,10 @@ struct ClientArgs {
 
 impl ClientArgs {
     fn client(&self) -> anyhow::Result<Client> {
-        let token = self.token.clone().or_else(|| {
-            std::fs::read_to_string(self.data_dir.join("admin.token"))
-                .ok()
-                .map(|token| token.trim().to_string())
-        });
+        let token = self
+            .token
+            .clone()
+            .or_else(|| std::fs::read_to_string(self.data_dir.join("admin.token")).ok().map(|token| token.trim().to_string()));
         Client::new(&self.server, token)
     }
 }
@@ -195,10 +185,7 @@ fn main() -> ExitCode {
         _ => "warn,rumqttd=off,rumqttc=error",
     };
     init_tracing(&cli.log_format, default_filter);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("fleetml: cannot start the runtime: {error}");
@@ -220,33 +207,13 @@ fn main() -> ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Demo {
-            once,
-            devices,
-            data_dir,
-            http,
-            requests,
-        } => {
+        Command::Demo { once, devices, data_dir, http, requests } => {
             if devices == 0 {
-                return Err(ConfigError {
-                    field: "devices".into(),
-                    reason: "must be at least 1".into(),
-                }
-                .into());
+                return Err(ConfigError { field: "devices".into(), reason: "must be at least 1".into() }.into());
             }
             let cancel = CancellationToken::new();
             spawn_signal_handler(cancel.clone());
-            demo::run(
-                DemoOptions {
-                    devices,
-                    once,
-                    data_dir,
-                    http,
-                    requests,
-                },
-                cancel,
-            )
-            .await?;
+            demo::run(DemoOptions { devices, once, data_dir, http, requests }, cancel).await?;
         }
         Command::Serve(args) => {
             let file = match &args.config {
@@ -258,52 +225,24 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             spawn_signal_handler(cancel.clone());
             fleetml_plane::serve(plane_config, cancel).await?;
         }
-        Command::Keys {
-            command: KeysCommand::Generate { out },
-        } => {
+        Command::Keys { command: KeysCommand::Generate { out } } => {
             let (private_path, public_path, key_pair) = fleetml_plane::keys::generate(&out)?;
-            println!(
-                "wrote {} and {} (key id {})",
-                private_path.display(),
-                public_path.display(),
-                key_pair.key_id()
-            );
+            println!("wrote {} and {} (key id {})", private_path.display(), public_path.display(), key_pair.key_id());
         }
         Command::Model { command } => model_command(command).await?,
-        Command::Deploy {
-            reference,
-            device,
-            selector,
-            wait,
-            timeout_s,
-            json,
-            client,
-        } => {
+        Command::Deploy { reference, device, selector, wait, timeout_s, json, client } => {
             let (model, version, alias) = cli::parse_reference(&reference)?;
             if device.is_none() && selector.is_none() {
                 anyhow::bail!("give --device ID or --selector SELECTOR");
             }
             let client = client.client()?;
-            let deployment = client
-                .deploy(&DeployRequest {
-                    model: model.clone(),
-                    version,
-                    alias,
-                    device,
-                    selector,
-                })
-                .await?;
+            let deployment = client.deploy(&DeployRequest { model: model.clone(), version, alias, device, selector }).await?;
             if !json {
                 let target = deployment
                     .device
                     .clone()
                     .map(|device| format!("device {device}"))
-                    .unwrap_or_else(|| {
-                        format!(
-                            "selector `{}`",
-                            deployment.selector.clone().unwrap_or_default()
-                        )
-                    });
+                    .unwrap_or_else(|| format!("selector `{}`", deployment.selector.clone().unwrap_or_default()));
                 println!(
                     "deployment {}: {model}@{} to {target}; {} devices match now",
                     deployment.id,
@@ -322,9 +261,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 )
                 .await?;
                 if json {
-                    cli::print_json(
-                        &serde_json::json!({ "deployment": deployment, "outcome": outcome }),
-                    )?;
+                    cli::print_json(&serde_json::json!({ "deployment": deployment, "outcome": outcome }))?;
                 } else {
                     println!(
                         "{} installed, {} failed, {} pending after {:.1} s",
@@ -346,37 +283,20 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Devices { json, client } => {
             let devices = client.client()?.devices().await?;
-            if json {
-                cli::print_json(&devices)?
-            } else {
-                cli::print_devices(&devices)
-            }
+            if json { cli::print_json(&devices)? } else { cli::print_devices(&devices) }
         }
         Command::Bundle { command } => match command {
-            BundleCommand::Build {
-                onnx,
-                model,
-                version,
-                signing_key,
-                out,
-                expires_in_days,
-            } => {
-                let digest =
-                    cli::bundle_build(&onnx, &model, version, &signing_key, &out, expires_in_days)?;
-                println!(
-                    "wrote {} ({model}@{version}, digest {digest})",
-                    out.display()
-                );
+            BundleCommand::Build { onnx, model, version, signing_key, out, expires_in_days } => {
+                let digest = cli::bundle_build(&onnx, &model, version, &signing_key, &out, expires_in_days)?;
+                println!("wrote {} ({model}@{version}, digest {digest})", out.display());
             }
-            BundleCommand::Verify { file, trusted_keys } => {
-                match cli::bundle_verify(&file, &trusted_keys) {
-                    Ok(summary) => println!("{summary}"),
-                    Err(error) => {
-                        eprintln!("fleetml: {}: INVALID: {error:#}", file.display());
-                        return Ok(ExitCode::from(1));
-                    }
+            BundleCommand::Verify { file, trusted_keys } => match cli::bundle_verify(&file, &trusted_keys) {
+                Ok(summary) => println!("{summary}"),
+                Err(error) => {
+                    eprintln!("fleetml: {}: INVALID: {error:#}", file.display());
+                    return Ok(ExitCode::from(1));
                 }
-            }
+            },
             BundleCommand::Inspect { file } => cli::print_json(&cli::bundle_inspect(&file)?)?,
         },
     }
@@ -385,15 +305,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 
 async fn model_command(command: ModelCommand) -> anyhow::Result<()> {
     match command {
-        ModelCommand::Push {
-            name,
-            file,
-            description,
-            json,
-            client,
-        } => {
-            let onnx =
-                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+        ModelCommand::Push { name, file, description, json, client } => {
+            let onnx = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let pushed = client.client()?.push(&name, onnx, &description).await?;
             if json {
                 cli::print_json(&pushed)?;
@@ -414,25 +327,11 @@ async fn model_command(command: ModelCommand) -> anyhow::Result<()> {
                 None => "/api/v1/models".to_string(),
             };
             let versions: Vec<VersionView> = client.client()?.get(&path).await?;
-            if json {
-                cli::print_json(&versions)?
-            } else {
-                cli::print_versions(&versions)
-            }
+            if json { cli::print_json(&versions)? } else { cli::print_versions(&versions) }
         }
-        ModelCommand::Alias {
-            name,
-            alias,
-            version,
-            client,
-        } => {
-            let _: serde_json::Value = client
-                .client()?
-                .put_json(
-                    &format!("/api/v1/models/{name}/aliases/{alias}"),
-                    &AliasRequest { version },
-                )
-                .await?;
+        ModelCommand::Alias { name, alias, version, client } => {
+            let _: serde_json::Value =
+                client.client()?.put_json(&format!("/api/v1/models/{name}/aliases/{alias}"), &AliasRequest { version }).await?;
             println!("{name}@{alias} → version {version}");
         }
     }
@@ -442,15 +341,14 @@ async fn model_command(command: ModelCommand) -> anyhow::Result<()> {
 fn spawn_signal_handler(cancel: CancellationToken) {
     tokio::spawn(async move {
         let ctrl_c = tokio::signal::ctrl_c();
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(terminate) => terminate,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    cancel.cancel();
-                    return;
-                }
-            };
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(terminate) => terminate,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                cancel.cancel();
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = terminate.recv() => {}
@@ -464,9 +362,7 @@ fn init_tracing(format: &str, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("FLEETML_LOG")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if format == "json" {
         builder.json().init();
     } else {

@@ -9,7 +9,11 @@ use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::deployment::ControllerCommand;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::PlaneCounters;
+use crate::deployment::{ControllerCommand, ControllerQueue};
 
 /// Publishes queued towards the broker; `publish` waits when full (backpressure on the
 /// distributor and the controllers, never unbounded memory).
@@ -31,11 +35,7 @@ pub struct PlaneMqtt {
 
 impl PlaneMqtt {
     pub async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) -> bool {
-        match self
-            .client
-            .publish(topic, QoS::AtLeastOnce, retain, payload)
-            .await
-        {
+        match self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await {
             Ok(()) => true,
             Err(error) => {
                 tracing::warn!(%error, "publish not queued");
@@ -51,7 +51,8 @@ pub struct PlaneLink {
     client: AsyncClient,
     ingest: mpsc::Sender<Inbound>,
     fetches: mpsc::Sender<Inbound>,
-    controller: mpsc::Sender<ControllerCommand>,
+    controller: Arc<ControllerQueue>,
+    counters: Arc<PlaneCounters>,
 }
 
 impl PlaneLink {
@@ -61,27 +62,17 @@ impl PlaneLink {
         topics: Topics,
         ingest: mpsc::Sender<Inbound>,
         fetches: mpsc::Sender<Inbound>,
-        controller: mpsc::Sender<ControllerCommand>,
+        controller: Arc<ControllerQueue>,
+        counters: Arc<PlaneCounters>,
     ) -> (PlaneLink, PlaneMqtt) {
-        let client_id = format!(
-            "fleetml-plane-{}-{:08x}",
-            topics.root().replace('/', "-"),
-            fastrand::u32(..)
-        );
+        let client_id = format!("fleetml-plane-{}-{:08x}", topics.root().replace('/', "-"), fastrand::u32(..));
         let mut options = MqttOptions::new(client_id, host, port);
         options.set_keep_alive(Duration::from_secs(15));
         options.set_clean_session(true);
         options.set_max_packet_size(MAX_PACKET_BYTES, MAX_PACKET_BYTES);
         options.set_inflight(INFLIGHT);
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-        let link = PlaneLink {
-            topics,
-            eventloop,
-            client: client.clone(),
-            ingest,
-            fetches,
-            controller,
-        };
+        let link = PlaneLink { topics, eventloop, client: client.clone(), ingest, fetches, controller, counters };
         (link, PlaneMqtt { client })
     }
 
@@ -98,24 +89,38 @@ impl PlaneLink {
                         connected = true;
                         backoff = Duration::from_millis(100);
                         tracing::info!("plane connected to the broker");
-                        for filter in self.topics.plane_filters() {
-                            if let Err(error) = self.client.subscribe(filter, QoS::AtLeastOnce).await {
-                                tracing::warn!(%error, "subscribe not queued");
+                        // Off this task: the request queue may be full, and only this task drains it.
+                        let (client, filters) = (self.client.clone(), self.topics.plane_filters());
+                        tokio::spawn(async move {
+                            for filter in filters {
+                                if let Err(error) = client.subscribe(filter, QoS::AtLeastOnce).await {
+                                    tracing::warn!(%error, "subscribe not queued");
+                                }
                             }
-                        }
+                        });
                         // Retained desired states may be gone (a broker restart): publish them again.
-                        let _ = self.controller.send(ControllerCommand::RepublishAll).await;
+                        self.controller.request(ControllerCommand::RepublishAll);
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         let Some(kind) = self.topics.parse(&publish.topic) else { continue };
                         let inbound = Inbound { kind, payload: publish.payload };
-                        let target = match inbound.kind {
-                            TopicKind::Fetch { .. } => &self.fetches,
-                            TopicKind::Reported { .. } | TopicKind::Telemetry { .. } => &self.ingest,
-                            TopicKind::Desired { .. } | TopicKind::Chunks { .. } => continue,
-                        };
-                        if target.send(inbound).await.is_err() {
-                            break;
+                        match inbound.kind {
+                            // Never wait on the distributor: it publishes through this very
+                            // loop. A dropped request is asked again by the device's stall timer.
+                            TopicKind::Fetch { .. } => match self.fetches.try_send(inbound) {
+                                Ok(()) => {}
+                                Err(mpsc::error::TrySendError::Full(_)) => {
+                                    self.counters.fetch_requests_dropped.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(mpsc::error::TrySendError::Closed(_)) => break,
+                            },
+                            // Ingest only writes to the store, so waiting on it is safe backpressure.
+                            TopicKind::Reported { .. } | TopicKind::Telemetry { .. } => {
+                                if self.ingest.send(inbound).await.is_err() {
+                                    break;
+                                }
+                            }
+                            TopicKind::Desired { .. } | TopicKind::Chunks { .. } => {}
                         }
                     }
                     Ok(_) => {}

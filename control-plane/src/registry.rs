@@ -5,9 +5,8 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use fleetml_shared::bundle::{
-    DEFAULT_CHUNK_SIZE, DType, Dim, FileEntry, MANIFEST_FORMAT_VERSION, Manifest, ROLE_MODEL,
-    SelfTest, SignedManifest, TensorData, TensorSpec, TensorValues, chunk_hashes, sha256,
-    write_bundle_file,
+    DEFAULT_CHUNK_SIZE, DType, Dim, FileEntry, MANIFEST_FORMAT_VERSION, Manifest, ROLE_MODEL, SelfTest, SignedManifest, TensorData,
+    TensorSpec, TensorValues, chunk_hashes, sha256, write_bundle_file,
 };
 use fleetml_shared::signing::SigningKeyPair;
 use prost::Message;
@@ -20,6 +19,8 @@ use tract_onnx::prelude::*;
 pub const DEFAULT_SELF_TEST_TOLERANCE: f32 = 1e-4;
 /// The smallest self-test latency budget: devices are often far slower than the plane.
 pub const MIN_LATENCY_BUDGET_MS: u32 = 2_000;
+/// Half a message: room for the desired state around the manifest.
+pub const MAX_MANIFEST_BYTES: usize = fleetml_shared::protocol::MAX_MESSAGE_BYTES / 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -54,17 +55,10 @@ impl ModelSchema {
         let describe = |specs: &[TensorSpec]| {
             specs
                 .iter()
-                .map(|spec| TensorSchema {
-                    name: spec.name.clone(),
-                    datatype: spec.dtype.oip_name().to_string(),
-                    shape: spec.oip_shape(),
-                })
+                .map(|spec| TensorSchema { name: spec.name.clone(), datatype: spec.dtype.oip_name().to_string(), shape: spec.oip_shape() })
                 .collect()
         };
-        ModelSchema {
-            inputs: describe(inputs),
-            outputs: describe(outputs),
-        }
+        ModelSchema { inputs: describe(inputs), outputs: describe(outputs) }
     }
 }
 
@@ -86,33 +80,17 @@ pub struct BuiltBundle {
     pub self_test_ms: f32,
 }
 
-fn tensor_specs(
-    values: &[pb::ValueInfoProto],
-    skip: &HashSet<&str>,
-) -> Result<Vec<TensorSpec>, ModelError> {
+fn tensor_specs(values: &[pb::ValueInfoProto], skip: &HashSet<&str>) -> Result<Vec<TensorSpec>, ModelError> {
     let mut specs = Vec::new();
-    for value in values
-        .iter()
-        .filter(|value| !skip.contains(value.name.as_str()))
-    {
-        let Some(pb::type_proto::Value::TensorType(tensor)) = value
-            .r#type
-            .as_ref()
-            .and_then(|type_proto| type_proto.value.as_ref())
-        else {
-            return Err(ModelError::Unsupported(format!(
-                "`{}` is not a tensor (sequences and maps are not served)",
-                value.name
-            )));
+    for value in values.iter().filter(|value| !skip.contains(value.name.as_str())) {
+        let Some(pb::type_proto::Value::TensorType(tensor)) = value.r#type.as_ref().and_then(|type_proto| type_proto.value.as_ref()) else {
+            return Err(ModelError::Unsupported(format!("`{}` is not a tensor (sequences and maps are not served)", value.name)));
         };
         let dtype = match tensor.elem_type {
             1 => DType::F32,
             7 => DType::I64,
             other => {
-                return Err(ModelError::Unsupported(format!(
-                    "`{}` has ONNX element type {other}; FP32 and INT64 are served",
-                    value.name
-                )));
+                return Err(ModelError::Unsupported(format!("`{}` has ONNX element type {other}; FP32 and INT64 are served", value.name)));
             }
         };
         let shape = match &tensor.shape {
@@ -125,17 +103,10 @@ fn tensor_specs(
                 })
                 .collect(),
             None => {
-                return Err(ModelError::Unsupported(format!(
-                    "`{}` has no declared shape",
-                    value.name
-                )));
+                return Err(ModelError::Unsupported(format!("`{}` has no declared shape", value.name)));
             }
         };
-        specs.push(TensorSpec {
-            name: value.name.clone(),
-            dtype,
-            shape,
-        });
+        specs.push(TensorSpec { name: value.name.clone(), dtype, shape });
     }
     Ok(specs)
 }
@@ -151,37 +122,19 @@ type InspectedParts = (Vec<TensorSpec>, Result<Vec<TensorSpec>, ModelError>);
 
 /// Like `inspect`, but an unservable output is returned as its own error, so that tract can
 /// be asked first and give its own reason.
-fn inspect_parts(
-    onnx: &[u8],
-) -> Result<InspectedParts, ModelError> {
-    let model =
-        pb::ModelProto::decode(onnx).map_err(|error| ModelError::NotOnnx(error.to_string()))?;
-    let graph = model
-        .graph
-        .as_ref()
-        .ok_or_else(|| ModelError::NotOnnx("the file has no graph".into()))?;
+fn inspect_parts(onnx: &[u8]) -> Result<InspectedParts, ModelError> {
+    let model = pb::ModelProto::decode(onnx).map_err(|error| ModelError::NotOnnx(error.to_string()))?;
+    let graph = model.graph.as_ref().ok_or_else(|| ModelError::NotOnnx("the file has no graph".into()))?;
     if graph.node.is_empty() {
         return Err(ModelError::NotOnnx("the graph has no nodes".into()));
     }
-    let initializers: HashSet<&str> = graph
-        .initializer
-        .iter()
-        .map(|tensor| tensor.name.as_str())
-        .collect();
+    let initializers: HashSet<&str> = graph.initializer.iter().map(|tensor| tensor.name.as_str()).collect();
     let inputs = tensor_specs(&graph.input, &initializers)?;
     if inputs.is_empty() {
-        return Err(ModelError::Unsupported(
-            "the graph needs at least one input".into(),
-        ));
+        return Err(ModelError::Unsupported("the graph needs at least one input".into()));
     }
     let outputs = tensor_specs(&graph.output, &HashSet::new()).and_then(|outputs| {
-        if outputs.is_empty() {
-            Err(ModelError::Unsupported(
-                "the graph needs at least one output".into(),
-            ))
-        } else {
-            Ok(outputs)
-        }
+        if outputs.is_empty() { Err(ModelError::Unsupported("the graph needs at least one output".into())) } else { Ok(outputs) }
     });
     Ok((inputs, outputs))
 }
@@ -205,11 +158,7 @@ fn self_test_inputs(inputs: &[TensorSpec], seed: u64) -> Vec<TensorData> {
                 DType::F32 => TensorValues::F32((0..n_values).map(|_| rng.f32()).collect()),
                 DType::I64 => TensorValues::I64(vec![0; n_values]),
             };
-            TensorData {
-                name: spec.name.clone(),
-                shape,
-                values,
-            }
+            TensorData { name: spec.name.clone(), shape, values }
         })
         .collect()
 }
@@ -228,28 +177,14 @@ fn from_tensor(name: &str, value: &TValue) -> TractResult<TensorData> {
     let values = match value.datum_type() {
         DatumType::I64 => TensorValues::I64(view.as_slice::<i64>()?.to_vec()),
         DatumType::F32 => TensorValues::F32(view.as_slice::<f32>()?.to_vec()),
-        _ => TensorValues::F32(
-            value
-                .cast_to::<f32>()?
-                .try_as_plain_ram()?
-                .as_slice::<f32>()?
-                .to_vec(),
-        ),
+        _ => TensorValues::F32(value.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()),
     };
-    Ok(TensorData {
-        name: name.to_string(),
-        shape: value.shape().iter().map(|&dim| dim as u64).collect(),
-        values,
-    })
+    Ok(TensorData { name: name.to_string(), shape: value.shape().iter().map(|&dim| dim as u64).collect(), values })
 }
 
 /// Loads the model in tract with the self-test's concrete shapes, runs it, and returns the
 /// outputs and the time of the second run.
-fn run_self_test(
-    mut model: InferenceModel,
-    inputs: &[TensorData],
-    outputs: &[TensorSpec],
-) -> Result<(Vec<TensorData>, f32), ModelError> {
+fn run_self_test(mut model: InferenceModel, inputs: &[TensorData], outputs: &[TensorSpec]) -> Result<(Vec<TensorData>, f32), ModelError> {
     let tract_error = |error: TractError| ModelError::TractLoad(format!("{error:#}"));
     for (input_idx, input) in inputs.iter().enumerate() {
         let datum_type = match input.values {
@@ -257,35 +192,22 @@ fn run_self_test(
             TensorValues::I64(_) => i64::datum_type(),
         };
         let shape: Vec<usize> = input.shape.iter().map(|&dim| dim as usize).collect();
-        model = model
-            .with_input_fact(input_idx, InferenceFact::dt_shape(datum_type, shape))
-            .map_err(tract_error)?;
+        model = model.with_input_fact(input_idx, InferenceFact::dt_shape(datum_type, shape)).map_err(tract_error)?;
     }
-    let plan = model
-        .into_optimized()
-        .and_then(|optimized| optimized.into_runnable())
-        .map_err(tract_error)?;
-    let run = || -> TractResult<TVec<TValue>> {
-        plan.run(inputs.iter().map(to_tensor).collect::<TractResult<_>>()?)
-    };
+    let plan = model.into_optimized().and_then(|optimized| optimized.into_runnable()).map_err(tract_error)?;
+    let run = || -> TractResult<TVec<TValue>> { plan.run(inputs.iter().map(to_tensor).collect::<TractResult<_>>()?) };
     run().map_err(|error| ModelError::SelfTest(format!("{error:#}")))?;
     let started = Instant::now();
     let results = run().map_err(|error| ModelError::SelfTest(format!("{error:#}")))?;
     let elapsed_ms = started.elapsed().as_secs_f32() * 1000.0;
     let mut recorded = Vec::new();
     for (output_idx, value) in results.iter().enumerate() {
-        let name = outputs
-            .get(output_idx)
-            .map(|spec| spec.name.as_str())
-            .unwrap_or("output");
-        let data =
-            from_tensor(name, value).map_err(|error| ModelError::SelfTest(format!("{error:#}")))?;
+        let name = outputs.get(output_idx).map(|spec| spec.name.as_str()).unwrap_or("output");
+        let data = from_tensor(name, value).map_err(|error| ModelError::SelfTest(format!("{error:#}")))?;
         if let TensorValues::F32(values) = &data.values
             && values.iter().any(|value| !value.is_finite())
         {
-            return Err(ModelError::SelfTest(format!(
-                "output `{name}` is not finite on the self-test input"
-            )));
+            return Err(ModelError::SelfTest(format!("output `{name}` is not finite on the self-test input")));
         }
         recorded.push(data);
     }
@@ -293,19 +215,12 @@ fn run_self_test(
 }
 
 /// Checks an ONNX file and builds its signed bundle.
-pub fn build_bundle(
-    onnx: &[u8],
-    options: &BundleOptions,
-    key_pair: &SigningKeyPair,
-    now_ms: u64,
-) -> Result<BuiltBundle, ModelError> {
+pub fn build_bundle(onnx: &[u8], options: &BundleOptions, key_pair: &SigningKeyPair, now_ms: u64) -> Result<BuiltBundle, ModelError> {
     // tract first: a model it cannot load is refused with tract's own reason.
-    let model = tract_onnx::onnx()
-        .model_for_read(&mut &onnx[..])
-        .map_err(|error| match pb::ModelProto::decode(onnx) {
-            Err(decode_error) => ModelError::NotOnnx(decode_error.to_string()),
-            Ok(_) => ModelError::TractLoad(format!("{error:#}")),
-        })?;
+    let model = tract_onnx::onnx().model_for_read(&mut &onnx[..]).map_err(|error| match pb::ModelProto::decode(onnx) {
+        Err(decode_error) => ModelError::NotOnnx(decode_error.to_string()),
+        Ok(_) => ModelError::TractLoad(format!("{error:#}")),
+    })?;
     let (inputs, outputs) = inspect_parts(onnx)?;
     let onnx_hash = sha256(onnx);
     let seed = u64::from_le_bytes(onnx_hash[..8].try_into().unwrap_or_default());
@@ -313,9 +228,7 @@ pub fn build_bundle(
     let output_names = outputs.as_ref().map(Vec::clone).unwrap_or_default();
     let (expected_outputs, self_test_ms) = run_self_test(model, &test_inputs, &output_names)?;
     let outputs = outputs?;
-    let budget = options
-        .latency_budget_ms
-        .unwrap_or_else(|| MIN_LATENCY_BUDGET_MS.max((self_test_ms * 100.0).ceil() as u32));
+    let budget = options.latency_budget_ms.unwrap_or_else(|| MIN_LATENCY_BUDGET_MS.max((self_test_ms * 100.0).ceil() as u32));
     let manifest = Manifest {
         format_version: MANIFEST_FORMAT_VERSION,
         model: options.model.clone(),
@@ -323,33 +236,24 @@ pub fn build_bundle(
         created_at_ms: now_ms,
         expires_at_ms: options.expires_in_ms.map(|expires_in| now_ms + expires_in),
         key_id: key_pair.key_id(),
-        files: vec![FileEntry {
-            role: ROLE_MODEL.into(),
-            name: "model.onnx".into(),
-            length: onnx.len() as u64,
-            sha256: onnx_hash,
-        }],
+        files: vec![FileEntry { role: ROLE_MODEL.into(), name: "model.onnx".into(), length: onnx.len() as u64, sha256: onnx_hash }],
         chunk_size: DEFAULT_CHUNK_SIZE,
         chunk_hashes: chunk_hashes(onnx, DEFAULT_CHUNK_SIZE),
         inputs: inputs.clone(),
         outputs: outputs.clone(),
-        self_test: SelfTest {
-            inputs: test_inputs,
-            expected_outputs,
-            tolerance: options.tolerance,
-            latency_budget_ms: budget,
-        },
+        self_test: SelfTest { inputs: test_inputs, expected_outputs, tolerance: options.tolerance, latency_budget_ms: budget },
     };
     let signed_manifest = SignedManifest::sign(&manifest, key_pair)?;
+    // The manifest travels inside each desired state; it must fit in one MQTT message.
+    if signed_manifest.body.len() > MAX_MANIFEST_BYTES {
+        return Err(ModelError::Unsupported(format!(
+            "the signed manifest would be {} bytes (limit {MAX_MANIFEST_BYTES}): the self-test tensors are too large",
+            signed_manifest.body.len()
+        )));
+    }
     let mut file_bytes = Vec::with_capacity(onnx.len() + 8192);
     write_bundle_file(&mut file_bytes, &signed_manifest, onnx)?;
-    Ok(BuiltBundle {
-        signed_manifest,
-        manifest,
-        schema: ModelSchema::from_specs(&inputs, &outputs),
-        file_bytes,
-        self_test_ms,
-    })
+    Ok(BuiltBundle { signed_manifest, manifest, schema: ModelSchema::from_specs(&inputs, &outputs), file_bytes, self_test_ms })
 }
 
 pub fn schema_of(manifest: &Manifest) -> ModelSchema {
@@ -363,9 +267,7 @@ mod tests {
     use fleetml_shared::signing::TrustedKeys;
 
     fn fixture(name: &str) -> Vec<u8> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../firmware-tests/fixtures/models")
-            .join(name);
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../firmware-tests/fixtures/models").join(name);
         std::fs::read(&path).unwrap_or_else(|error| panic!("{}: {error}", path.display()))
     }
 
@@ -384,27 +286,10 @@ mod tests {
         let key_pair = SigningKeyPair::generate().unwrap();
         let onnx = fixture("mlp_digits.onnx");
         let built = build_bundle(&onnx, &options("digits"), &key_pair, 1_000).unwrap();
-        assert_eq!(
-            built.schema.inputs,
-            vec![TensorSchema {
-                name: "input".into(),
-                datatype: "FP32".into(),
-                shape: vec![-1, 64]
-            }]
-        );
-        assert_eq!(
-            built
-                .schema
-                .outputs
-                .iter()
-                .map(|output| output.name.as_str())
-                .collect::<Vec<_>>(),
-            ["label", "probabilities"]
-        );
+        assert_eq!(built.schema.inputs, vec![TensorSchema { name: "input".into(), datatype: "FP32".into(), shape: vec![-1, 64] }]);
+        assert_eq!(built.schema.outputs.iter().map(|output| output.name.as_str()).collect::<Vec<_>>(), ["label", "probabilities"]);
         let (signed, payload) = read_bundle_file(&mut built.file_bytes.as_slice()).unwrap();
-        let verified = signed
-            .verify(&TrustedKeys::new(vec![key_pair.public_key()]), 2_000)
-            .unwrap();
+        let verified = signed.verify(&TrustedKeys::new(vec![key_pair.public_key()]), 2_000).unwrap();
         check_payload(&verified.manifest, &payload).unwrap();
         assert_eq!(payload, onnx);
         assert_eq!(verified.manifest.self_test.expected_outputs.len(), 2);
@@ -413,27 +298,14 @@ mod tests {
     #[test]
     fn a_model_tract_cannot_load_is_refused_with_the_reason() {
         let key_pair = SigningKeyPair::generate().unwrap();
-        let error = build_bundle(
-            &fixture("broken_zipmap.onnx"),
-            &options("iris"),
-            &key_pair,
-            1,
-        )
-        .err()
-        .unwrap();
+        let error = build_bundle(&fixture("broken_zipmap.onnx"), &options("iris"), &key_pair, 1).err().unwrap();
         let message = error.to_string();
-        assert!(
-            message.starts_with("tract cannot load this model") && message.contains("ZipMap"),
-            "{message}"
-        );
+        assert!(message.starts_with("tract cannot load this model") && message.contains("ZipMap"), "{message}");
     }
 
     #[test]
     fn garbage_is_not_onnx() {
-        assert!(matches!(
-            inspect(b"definitely not protobuf \xff\xff"),
-            Err(ModelError::NotOnnx(_))
-        ));
+        assert!(matches!(inspect(b"definitely not protobuf \xff\xff"), Err(ModelError::NotOnnx(_))));
         assert!(matches!(inspect(&[]), Err(ModelError::NotOnnx(_))));
     }
 }

@@ -27,19 +27,12 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("target folder")
+    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target folder")
 }
 
 pub fn binary(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: run `cargo build --workspace --bins` before the firmware tests",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: run `cargo build --workspace --bins` before the firmware tests", path.display());
     path
 }
 
@@ -75,34 +68,15 @@ pub struct Process {
 
 impl Process {
     /// Spawns `command` and waits until a line of its standard output starts with `ready_prefix`.
-    fn spawn(
-        name: &str,
-        mut command: Command,
-        log_path: PathBuf,
-        ready_prefix: &str,
-    ) -> anyhow::Result<(Process, String)> {
-        command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .stdin(Stdio::null());
+    fn spawn(name: &str, mut command: Command, log_path: PathBuf, ready_prefix: &str) -> anyhow::Result<(Process, String)> {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).stdin(Stdio::null());
         command.env("FLEETML_LOG", "info,rumqttd=warn,rumqttc=warn");
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("spawning {name}"))?;
+        let mut child = command.spawn().with_context(|| format!("spawning {name}"))?;
         let stdout = child.stdout.take().context("stdout")?;
         let stderr = child.stderr.take().context("stderr")?;
         let (line_sender, line_receiver) = mpsc::channel::<String>();
-        for (stream, sender) in [
-            (
-                Box::new(stdout) as Box<dyn std::io::Read + Send>,
-                Some(line_sender),
-            ),
-            (Box::new(stderr), None),
-        ] {
-            let mut log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&log_path)?;
+        for (stream, sender) in [(Box::new(stdout) as Box<dyn std::io::Read + Send>, Some(line_sender)), (Box::new(stderr), None)] {
+            let mut log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
                     let _ = writeln!(log, "{line}");
@@ -113,11 +87,7 @@ impl Process {
             });
         }
         let deadline = Instant::now() + Duration::from_secs(60);
-        let mut process = Process {
-            name: name.to_string(),
-            child,
-            log_path,
-        };
+        let mut process = Process { name: name.to_string(), child, log_path };
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match line_receiver.recv_timeout(remaining) {
@@ -125,10 +95,7 @@ impl Process {
                 Ok(_) => continue,
                 Err(_) => {
                     let status = process.child.try_wait().ok().flatten();
-                    bail!(
-                        "{name} did not become ready (exit status {status:?}); log:\n{}",
-                        process.log_tail()
-                    );
+                    bail!("{name} did not become ready (exit status {status:?}); log:\n{}", process.log_tail());
                 }
             }
         }
@@ -154,27 +121,15 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!(
-                "---- {} log ({}) ----\n{}",
-                self.name,
-                self.log_path.display(),
-                self.log_tail()
-            );
+            eprintln!("---- {} log ({}) ----\n{}", self.name, self.log_path.display(), self.log_tail());
         }
         self.kill();
     }
 }
 
 fn address_after(line: &str, marker: &str) -> anyhow::Result<String> {
-    let start = line
-        .find(marker)
-        .with_context(|| format!("`{marker}` not in `{line}`"))?
-        + marker.len();
-    Ok(line[start..]
-        .split_whitespace()
-        .next()
-        .unwrap_or_default()
-        .to_string())
+    let start = line.find(marker).with_context(|| format!("`{marker}` not in `{line}`"))? + marker.len();
+    Ok(line[start..].split_whitespace().next().unwrap_or_default().to_string())
 }
 
 #[derive(Clone, Debug, Default)]
@@ -204,11 +159,7 @@ impl Plane {
     /// Starts a plane with a signing key the test holds too (to forge and replay messages).
     pub async fn start(dir: &Path, options: PlaneOptions) -> Plane {
         let key_dir = dir.join("keys");
-        let status = Command::new(binary("fleetml"))
-            .args(["keys", "generate", "--out"])
-            .arg(&key_dir)
-            .status()
-            .unwrap();
+        let status = Command::new(binary("fleetml")).args(["keys", "generate", "--out"]).arg(&key_dir).status().unwrap();
         assert!(status.success(), "fleetml keys generate failed");
         let token = format!("test-token-{:016x}", fastrand::u64(..));
         let topic_root = options.topic_root.clone().unwrap_or_else(unique_root);
@@ -218,14 +169,7 @@ impl Plane {
             .arg("serve")
             .arg("--data-dir")
             .arg(&data_dir)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--mqtt-topic-root",
-                &topic_root,
-                "--admin-token",
-                &token,
-            ])
+            .args(["--http", "127.0.0.1:0", "--mqtt-topic-root", &topic_root, "--admin-token", &token])
             .arg("--signing-key")
             .arg(key_dir.join("signing.key"));
         match &options.mqtt_url {
@@ -236,13 +180,7 @@ impl Plane {
             command.args(["--database-url", url]);
         }
         command.args(&options.extra_args);
-        let (process, line) = Process::spawn(
-            "plane",
-            command,
-            dir.join("plane.log"),
-            "fleetml control plane:",
-        )
-        .unwrap();
+        let (process, line) = Process::spawn("plane", command, dir.join("plane.log"), "fleetml control plane:").unwrap();
         let api = address_after(&line, "API ").unwrap();
         let mqtt_url = address_after(&line, "broker ").unwrap();
         Plane {
@@ -263,26 +201,13 @@ impl Plane {
     }
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.get(format!("{}{path}", self.api)).bearer_auth(&self.token).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.api))
-            .bearer_auth(&self.token)
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let response = self.http.post(format!("{}{path}", self.api)).bearer_auth(&self.token).json(body).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -322,49 +247,28 @@ impl Plane {
     }
 
     pub async fn device(&self, device_id: &str) -> Option<DeviceView> {
-        self.devices()
-            .await
-            .into_iter()
-            .find(|device| device.device_id == device_id)
+        self.devices().await.into_iter().find(|device| device.device_id == device_id)
     }
 
     pub async fn slot(&self, device_id: &str, model: &str) -> Option<SlotView> {
-        self.device(device_id)
-            .await?
-            .slots
-            .into_iter()
-            .find(|slot| slot.model == model)
+        self.device(device_id).await?.slots.into_iter().find(|slot| slot.model == model)
     }
 
     /// Waits until the device reports `version` of `model` active.
     pub async fn wait_active(&self, device_id: &str, model: &str, version: i64) {
-        wait_for(
-            &format!("{device_id} to run {model}@{version}"),
-            TIMEOUT,
-            || async {
-                let slot = self.slot(device_id, model).await?;
-                (slot.active_version == Some(version as u64) && slot.phase == "active")
-                    .then_some(())
-            },
-        )
+        wait_for(&format!("{device_id} to run {model}@{version}"), TIMEOUT, || async {
+            let slot = self.slot(device_id, model).await?;
+            (slot.active_version == Some(version as u64) && slot.phase == "active").then_some(())
+        })
         .await
     }
 
     /// Waits for the device's last install result for `version` to be a refusal; returns it.
-    pub async fn wait_refused(
-        &self,
-        device_id: &str,
-        model: &str,
-        version: i64,
-    ) -> fleetml_plane::api::views::InstallResultView {
-        wait_for(
-            &format!("{device_id} to refuse {model}@{version}"),
-            TIMEOUT,
-            || async {
-                let result = self.slot(device_id, model).await?.last_result?;
-                (!result.ok && result.version == version as u64).then_some(result)
-            },
-        )
+    pub async fn wait_refused(&self, device_id: &str, model: &str, version: i64) -> fleetml_plane::api::views::InstallResultView {
+        wait_for(&format!("{device_id} to refuse {model}@{version}"), TIMEOUT, || async {
+            let result = self.slot(device_id, model).await?.last_result?;
+            (!result.ok && result.version == version as u64).then_some(result)
+        })
         .await
     }
 
@@ -392,66 +296,28 @@ impl Agent {
         Self::start_with_broker(plane, &plane.mqtt_url, device_id, options).await
     }
 
-    pub async fn start_with_broker(
-        plane: &Plane,
-        mqtt_url: &str,
-        device_id: &str,
-        options: AgentOptions,
-    ) -> Agent {
+    pub async fn start_with_broker(plane: &Plane, mqtt_url: &str, device_id: &str, options: AgentOptions) -> Agent {
         let state_dir = plane.dir.join("agents").join(device_id);
         let mut command = Command::new(binary("fleetml-agent"));
         command
-            .args([
-                "run",
-                "--device-id",
-                device_id,
-                "--mqtt-url",
-                mqtt_url,
-                "--mqtt-topic-root",
-                &plane.topic_root,
-            ])
+            .args(["run", "--device-id", device_id, "--mqtt-url", mqtt_url, "--mqtt-topic-root", &plane.topic_root])
             .arg("--state-dir")
             .arg(&state_dir)
             .arg("--trusted-key")
             .arg(&plane.public_key)
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--heartbeat-seconds",
-                "0.5",
-                "--transfer-stall-seconds",
-                "2",
-                "--inference-threads",
-                "1",
-            ]);
+            .args(["--http", "127.0.0.1:0", "--heartbeat-seconds", "0.5", "--transfer-stall-seconds", "2", "--inference-threads", "1"]);
         for (key, value) in &options.labels {
             command.arg("--label").arg(format!("{key}={value}"));
         }
         command.args(&options.extra_args);
         let log_path = plane.dir.join(format!("agent-{device_id}.log"));
-        let (process, line) = Process::spawn(
-            &format!("agent {device_id}"),
-            command,
-            log_path,
-            "fleetml-agent: device",
-        )
-        .unwrap();
+        let (process, line) = Process::spawn(&format!("agent {device_id}"), command, log_path, "fleetml-agent: device").unwrap();
         let api = address_after(&line, "local API ").unwrap();
-        Agent {
-            process,
-            device_id: device_id.to_string(),
-            api,
-            state_dir,
-        }
+        Agent { process, device_id: device_id.to_string(), api, state_dir }
     }
 
     pub async fn infer(&self, model: &str, body: &Value) -> (u16, Value) {
-        let response = reqwest::Client::new()
-            .post(format!("{}/v2/models/{model}/infer", self.api))
-            .json(body)
-            .send()
-            .await
-            .unwrap();
+        let response = reqwest::Client::new().post(format!("{}/v2/models/{model}/infer", self.api)).json(body).send().await.unwrap();
         let status = response.status().as_u16();
         (status, response.json().await.unwrap_or(Value::Null))
     }
@@ -473,10 +339,7 @@ pub fn features_request(rows: &[[f32; 4]]) -> Value {
 }
 
 pub fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("fixtures")
-        .join("models")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join("models").join(name)
 }
 
 /// A raw MQTT client for injecting messages.
@@ -489,11 +352,7 @@ pub struct MqttProbe {
 impl MqttProbe {
     pub async fn connect(mqtt_url: &str) -> MqttProbe {
         let address = fleetml_shared::broker::BrokerAddress::parse(mqtt_url).unwrap();
-        let mut options = rumqttc::MqttOptions::new(
-            format!("fmtest-probe-{:08x}", fastrand::u32(..)),
-            address.host,
-            address.port,
-        );
+        let mut options = rumqttc::MqttOptions::new(format!("fmtest-probe-{:08x}", fastrand::u32(..)), address.host, address.port);
         options.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 100);
         let (sender, received) = tokio::sync::mpsc::unbounded_channel();
@@ -515,29 +374,16 @@ impl MqttProbe {
                 }
             }
         });
-        tokio::time::timeout(TIMEOUT, connected)
-            .await
-            .expect("probe connects")
-            .expect("probe task");
-        MqttProbe {
-            client,
-            task,
-            received,
-        }
+        tokio::time::timeout(TIMEOUT, connected).await.expect("probe connects").expect("probe task");
+        MqttProbe { client, task, received }
     }
 
     pub async fn publish(&self, topic: &str, retain: bool, payload: Vec<u8>) {
-        self.client
-            .publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)
-            .await
-            .unwrap();
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload).await.unwrap();
     }
 
     pub async fn subscribe(&self, filter: &str) {
-        self.client
-            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
-            .await
-            .unwrap();
+        self.client.subscribe(filter, rumqttc::QoS::AtLeastOnce).await.unwrap();
     }
 
     /// The next message on `topic`, within the timeout.
@@ -560,8 +406,5 @@ impl Drop for MqttProbe {
 }
 
 pub fn test_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("fleetml-it-")
-        .tempdir()
-        .unwrap()
+    tempfile::Builder::new().prefix("fleetml-it-").tempdir().unwrap()
 }

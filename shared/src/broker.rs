@@ -12,9 +12,7 @@ pub struct BrokerAddress {
 pub enum BrokerAddressError {
     #[error("`{0}` is not an MQTT URL: expected mqtt://host:port")]
     Scheme(String),
-    #[error(
-        "`{0}`: mqtts:// (TLS) is not supported yet; use mqtt:// on a trusted network or a TLS-terminating proxy"
-    )]
+    #[error("`{0}`: mqtts:// (TLS) is not supported yet; use mqtt:// on a trusted network or a TLS-terminating proxy")]
     TlsUnsupported(String),
     #[error("`{url}`: bad port: {reason}")]
     Port { url: String, reason: String },
@@ -24,10 +22,7 @@ pub enum BrokerAddressError {
 
 impl BrokerAddress {
     pub fn parse(url: &str) -> Result<Self, BrokerAddressError> {
-        let rest = if let Some(rest) = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-        {
+        let rest = if let Some(rest) = url.strip_prefix("mqtt://").or_else(|| url.strip_prefix("tcp://")) {
             rest
         } else if url.starts_with("mqtts://") || url.starts_with("ssl://") {
             return Err(BrokerAddressError::TlsUnsupported(url.to_string()));
@@ -37,12 +32,8 @@ impl BrokerAddress {
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
-                let port = port
-                    .parse::<u16>()
-                    .map_err(|error| BrokerAddressError::Port {
-                        url: url.to_string(),
-                        reason: error.to_string(),
-                    })?;
+                let port =
+                    port.parse::<u16>().map_err(|error| BrokerAddressError::Port { url: url.to_string(), reason: error.to_string() })?;
                 (host, port)
             }
             _ => (rest, 1883),
@@ -51,10 +42,7 @@ impl BrokerAddress {
         if host.is_empty() {
             return Err(BrokerAddressError::Host(url.to_string()));
         }
-        Ok(BrokerAddress {
-            host: host.to_string(),
-            port,
-        })
+        Ok(BrokerAddress { host: host.to_string(), port })
     }
 }
 
@@ -74,40 +62,13 @@ mod tests {
 
     #[test]
     fn urls_parse() {
-        assert_eq!(
-            BrokerAddress::parse("mqtt://127.0.0.1:1884").unwrap(),
-            BrokerAddress {
-                host: "127.0.0.1".into(),
-                port: 1884
-            }
-        );
+        assert_eq!(BrokerAddress::parse("mqtt://127.0.0.1:1884").unwrap(), BrokerAddress { host: "127.0.0.1".into(), port: 1884 });
         assert_eq!(BrokerAddress::parse("mqtt://broker").unwrap().port, 1883);
-        assert_eq!(
-            BrokerAddress::parse("mqtt://[::1]:9").unwrap(),
-            BrokerAddress {
-                host: "::1".into(),
-                port: 9
-            }
-        );
-        assert_eq!(
-            BrokerAddress::parse("mqtt://[::1]:9").unwrap().to_string(),
-            "mqtt://[::1]:9"
-        );
-        assert!(matches!(
-            BrokerAddress::parse("http://x"),
-            Err(BrokerAddressError::Scheme(_))
-        ));
-        assert!(matches!(
-            BrokerAddress::parse("mqtts://x"),
-            Err(BrokerAddressError::TlsUnsupported(_))
-        ));
-        assert!(matches!(
-            BrokerAddress::parse("mqtt://x:99999"),
-            Err(BrokerAddressError::Port { .. })
-        ));
-        assert!(matches!(
-            BrokerAddress::parse("mqtt://:1"),
-            Err(BrokerAddressError::Host(_))
-        ));
+        assert_eq!(BrokerAddress::parse("mqtt://[::1]:9").unwrap(), BrokerAddress { host: "::1".into(), port: 9 });
+        assert_eq!(BrokerAddress::parse("mqtt://[::1]:9").unwrap().to_string(), "mqtt://[::1]:9");
+        assert!(matches!(BrokerAddress::parse("http://x"), Err(BrokerAddressError::Scheme(_))));
+        assert!(matches!(BrokerAddress::parse("mqtts://x"), Err(BrokerAddressError::TlsUnsupported(_))));
+        assert!(matches!(BrokerAddress::parse("mqtt://x:99999"), Err(BrokerAddressError::Port { .. })));
+        assert!(matches!(BrokerAddress::parse("mqtt://:1"), Err(BrokerAddressError::Host(_))));
     }
 }

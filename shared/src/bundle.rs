@@ -215,23 +215,15 @@ impl Manifest {
             return Err(BundleError::UnsupportedFormat(self.format_version));
         }
         if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
-            return Err(BundleError::Invalid(format!(
-                "chunk size {} out of range",
-                self.chunk_size
-            )));
+            return Err(BundleError::Invalid(format!("chunk size {} out of range", self.chunk_size)));
         }
         let payload_len = self.payload_len();
         if payload_len > MAX_PAYLOAD_BYTES {
-            return Err(BundleError::Invalid(format!(
-                "payload of {payload_len} bytes is too large"
-            )));
+            return Err(BundleError::Invalid(format!("payload of {payload_len} bytes is too large")));
         }
         let expected_chunks = payload_len.div_ceil(self.chunk_size as u64);
         if self.chunk_hashes.len() as u64 != expected_chunks {
-            return Err(BundleError::Invalid(format!(
-                "{} chunk hashes for {expected_chunks} chunks",
-                self.chunk_hashes.len()
-            )));
+            return Err(BundleError::Invalid(format!("{} chunk hashes for {expected_chunks} chunks", self.chunk_hashes.len())));
         }
         if self.model_file_index().is_none() {
             return Err(BundleError::Invalid("no file with role `model`".into()));
@@ -264,9 +256,7 @@ pub enum BundleError {
     Signature(#[from] SigningError),
     #[error("manifest bytes do not decode: {0}")]
     Malformed(String),
-    #[error(
-        "manifest format version {0} is not supported (this build reads {MANIFEST_FORMAT_VERSION})"
-    )]
+    #[error("manifest format version {0} is not supported (this build reads {MANIFEST_FORMAT_VERSION})")]
     UnsupportedFormat(u16),
     #[error("manifest names key {outer} outside and {inner} inside")]
     KeyIdMismatch { outer: KeyId, inner: KeyId },
@@ -288,14 +278,9 @@ impl SignedManifest {
     pub fn sign(manifest: &Manifest, key_pair: &SigningKeyPair) -> Result<Self, BundleError> {
         let mut manifest = manifest.clone();
         manifest.key_id = key_pair.key_id();
-        let body = postcard::to_stdvec(&manifest)
-            .map_err(|error| BundleError::Malformed(error.to_string()))?;
+        let body = postcard::to_stdvec(&manifest).map_err(|error| BundleError::Malformed(error.to_string()))?;
         let signature = key_pair.sign(SignatureDomain::Manifest, &body).to_vec();
-        Ok(SignedManifest {
-            key_id: key_pair.key_id(),
-            body,
-            signature,
-        })
+        Ok(SignedManifest { key_id: key_pair.key_id(), body, signature })
     }
 
     pub fn digest(&self) -> BundleDigest {
@@ -303,44 +288,28 @@ impl SignedManifest {
     }
 
     /// Checks the signature, then decodes and checks the manifest's structure and expiry.
-    pub fn verify(
-        &self,
-        trusted_keys: &TrustedKeys,
-        now_ms: u64,
-    ) -> Result<VerifiedManifest, BundleError> {
-        trusted_keys.verify(
-            self.key_id,
-            SignatureDomain::Manifest,
-            &self.body,
-            &self.signature,
-        )?;
+    pub fn verify(&self, trusted_keys: &TrustedKeys, now_ms: u64) -> Result<VerifiedManifest, BundleError> {
+        trusted_keys.verify(self.key_id, SignatureDomain::Manifest, &self.body, &self.signature)?;
         let manifest = self.decode_unverified()?;
         if manifest.key_id != self.key_id {
-            return Err(BundleError::KeyIdMismatch {
-                outer: self.key_id,
-                inner: manifest.key_id,
-            });
+            return Err(BundleError::KeyIdMismatch { outer: self.key_id, inner: manifest.key_id });
         }
         manifest.check_structure()?;
         if let Some(expires_at_ms) = manifest.expires_at_ms
             && expires_at_ms <= now_ms
         {
-            return Err(BundleError::Expired {
-                expires_at_ms,
-                now_ms,
-            });
+            return Err(BundleError::Expired { expires_at_ms, now_ms });
         }
-        Ok(VerifiedManifest {
-            manifest,
-            digest: self.digest(),
-            signed: self.clone(),
-        })
+        Ok(VerifiedManifest { manifest, digest: self.digest(), signed: self.clone() })
     }
 
     /// Decodes the manifest without checking the signature: for `bundle inspect` only.
     pub fn decode_unverified(&self) -> Result<Manifest, BundleError> {
-        let manifest: Manifest = postcard::from_bytes(&self.body)
-            .map_err(|error| BundleError::Malformed(error.to_string()))?;
+        let (manifest, rest): (Manifest, &[u8]) =
+            postcard::take_from_bytes(&self.body).map_err(|error| BundleError::Malformed(error.to_string()))?;
+        if !rest.is_empty() {
+            return Err(BundleError::Malformed(format!("{} trailing bytes after the manifest", rest.len())));
+        }
         if manifest.format_version != MANIFEST_FORMAT_VERSION {
             return Err(BundleError::UnsupportedFormat(manifest.format_version));
         }
@@ -350,10 +319,7 @@ impl SignedManifest {
 
 /// SHA-256 of each `chunk_size` piece of `payload`.
 pub fn chunk_hashes(payload: &[u8], chunk_size: u32) -> Vec<[u8; 32]> {
-    payload
-        .chunks(chunk_size as usize)
-        .map(|chunk| Sha256::digest(chunk).into())
-        .collect()
+    payload.chunks(chunk_size as usize).map(|chunk| Sha256::digest(chunk).into()).collect()
 }
 
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -363,22 +329,14 @@ pub fn sha256(bytes: &[u8]) -> [u8; 32] {
 /// Checks one received chunk against the manifest.
 pub fn check_chunk(manifest: &Manifest, index: u32, data: &[u8]) -> Result<(), BundleError> {
     let Some(expected_hash) = manifest.chunk_hashes.get(index as usize) else {
-        return Err(BundleError::Invalid(format!(
-            "chunk index {index} beyond {}",
-            manifest.n_chunks()
-        )));
+        return Err(BundleError::Invalid(format!("chunk index {index} beyond {}", manifest.n_chunks())));
     };
     let range = manifest.chunk_range(index);
     if data.len() as u64 != range.end - range.start {
-        return Err(BundleError::LengthMismatch {
-            expected: range.end - range.start,
-            got: data.len() as u64,
-        });
+        return Err(BundleError::LengthMismatch { expected: range.end - range.start, got: data.len() as u64 });
     }
     if &sha256(data) != expected_hash {
-        return Err(BundleError::HashMismatch {
-            what: format!("chunk {index}"),
-        });
+        return Err(BundleError::HashMismatch { what: format!("chunk {index}") });
     }
     Ok(())
 }
@@ -386,10 +344,7 @@ pub fn check_chunk(manifest: &Manifest, index: u32, data: &[u8]) -> Result<(), B
 /// Checks a whole payload: length, every chunk, every file.
 pub fn check_payload(manifest: &Manifest, payload: &[u8]) -> Result<(), BundleError> {
     if payload.len() as u64 != manifest.payload_len() {
-        return Err(BundleError::LengthMismatch {
-            expected: manifest.payload_len(),
-            got: payload.len() as u64,
-        });
+        return Err(BundleError::LengthMismatch { expected: manifest.payload_len(), got: payload.len() as u64 });
     }
     for (chunk_idx, chunk) in payload.chunks(manifest.chunk_size as usize).enumerate() {
         check_chunk(manifest, chunk_idx as u32, chunk)?;
@@ -397,22 +352,15 @@ pub fn check_payload(manifest: &Manifest, payload: &[u8]) -> Result<(), BundleEr
     for (file_idx, file) in manifest.files.iter().enumerate() {
         let range = manifest.file_range(file_idx);
         if sha256(&payload[range.start as usize..range.end as usize]) != file.sha256 {
-            return Err(BundleError::HashMismatch {
-                what: format!("file {}", file.name),
-            });
+            return Err(BundleError::HashMismatch { what: format!("file {}", file.name) });
         }
     }
     Ok(())
 }
 
 /// A bundle as one file: magic, the signed manifest (length-prefixed postcard), the payload.
-pub fn write_bundle_file(
-    writer: &mut impl Write,
-    signed_manifest: &SignedManifest,
-    payload: &[u8],
-) -> Result<(), BundleError> {
-    let header = postcard::to_stdvec(signed_manifest)
-        .map_err(|error| BundleError::Malformed(error.to_string()))?;
+pub fn write_bundle_file(writer: &mut impl Write, signed_manifest: &SignedManifest, payload: &[u8]) -> Result<(), BundleError> {
+    let header = postcard::to_stdvec(signed_manifest).map_err(|error| BundleError::Malformed(error.to_string()))?;
     writer.write_all(BUNDLE_FILE_MAGIC)?;
     writer.write_all(&(header.len() as u32).to_le_bytes())?;
     writer.write_all(&header)?;
@@ -423,9 +371,7 @@ pub fn write_bundle_file(
 /// Reads a bundle file; nothing is verified yet (see `SignedManifest::verify`, `check_payload`).
 pub fn read_bundle_file(reader: &mut impl Read) -> Result<(SignedManifest, Vec<u8>), BundleError> {
     let mut magic = [0u8; 8];
-    reader
-        .read_exact(&mut magic)
-        .map_err(|_| BundleError::NotABundle("shorter than its header".into()))?;
+    reader.read_exact(&mut magic).map_err(|_| BundleError::NotABundle("shorter than its header".into()))?;
     if &magic != BUNDLE_FILE_MAGIC {
         return Err(BundleError::NotABundle("wrong magic bytes".into()));
     }
@@ -433,16 +379,11 @@ pub fn read_bundle_file(reader: &mut impl Read) -> Result<(SignedManifest, Vec<u
     reader.read_exact(&mut header_len)?;
     let header_len = u32::from_le_bytes(header_len) as usize;
     if header_len > 16 * 1024 * 1024 {
-        return Err(BundleError::NotABundle(format!(
-            "manifest of {header_len} bytes"
-        )));
+        return Err(BundleError::NotABundle(format!("manifest of {header_len} bytes")));
     }
     let mut header = vec![0u8; header_len];
-    reader
-        .read_exact(&mut header)
-        .map_err(|_| BundleError::NotABundle("truncated manifest".into()))?;
-    let signed_manifest: SignedManifest =
-        postcard::from_bytes(&header).map_err(|error| BundleError::Malformed(error.to_string()))?;
+    reader.read_exact(&mut header).map_err(|_| BundleError::NotABundle("truncated manifest".into()))?;
+    let signed_manifest: SignedManifest = postcard::from_bytes(&header).map_err(|error| BundleError::Malformed(error.to_string()))?;
     let mut payload = Vec::new();
     reader.read_to_end(&mut payload)?;
     Ok((signed_manifest, payload))
@@ -469,18 +410,9 @@ pub(crate) mod tests {
             }],
             chunk_size,
             chunk_hashes: chunk_hashes(payload, chunk_size),
-            inputs: vec![TensorSpec {
-                name: "x".into(),
-                dtype: DType::F32,
-                shape: vec![Dim::Dynamic, Dim::Fixed(4)],
-            }],
+            inputs: vec![TensorSpec { name: "x".into(), dtype: DType::F32, shape: vec![Dim::Dynamic, Dim::Fixed(4)] }],
             outputs: vec![],
-            self_test: SelfTest {
-                inputs: vec![],
-                expected_outputs: vec![],
-                tolerance: 1e-4,
-                latency_budget_ms: 100,
-            },
+            self_test: SelfTest { inputs: vec![], expected_outputs: vec![], tolerance: 1e-4, latency_budget_ms: 100 },
         }
     }
 
@@ -510,22 +442,13 @@ pub(crate) mod tests {
 
         let mut flipped = signed.clone();
         flipped.body[3] ^= 1;
-        assert!(matches!(
-            flipped.verify(&trusted, 5_000),
-            Err(BundleError::Signature(SigningError::BadSignature(_)))
-        ));
+        assert!(matches!(flipped.verify(&trusted, 5_000), Err(BundleError::Signature(SigningError::BadSignature(_)))));
 
         let stranger = SigningKeyPair::generate().unwrap();
         let foreign = SignedManifest::sign(&manifest, &stranger).unwrap();
-        assert!(matches!(
-            foreign.verify(&trusted, 5_000),
-            Err(BundleError::Signature(SigningError::UnknownKey(_)))
-        ));
+        assert!(matches!(foreign.verify(&trusted, 5_000), Err(BundleError::Signature(SigningError::UnknownKey(_)))));
 
-        assert!(matches!(
-            signed.verify(&trusted, 10_000),
-            Err(BundleError::Expired { .. })
-        ));
+        assert!(matches!(signed.verify(&trusted, 10_000), Err(BundleError::Expired { .. })));
 
         let verified = signed.verify(&trusted, 5_000).unwrap();
         let mut bad_payload = payload.clone();
@@ -534,22 +457,13 @@ pub(crate) mod tests {
             check_payload(&verified.manifest, &bad_payload),
             Err(BundleError::HashMismatch { what }) if what == "chunk 1"
         ));
-        assert!(matches!(
-            check_payload(&verified.manifest, &payload[..599]),
-            Err(BundleError::LengthMismatch {
-                expected: 600,
-                got: 599
-            })
-        ));
+        assert!(matches!(check_payload(&verified.manifest, &payload[..599]), Err(BundleError::LengthMismatch { expected: 600, got: 599 })));
         assert!(check_chunk(&verified.manifest, 9, &[]).is_err());
     }
 
     #[test]
     fn garbage_bundle_files_are_refused() {
-        assert!(matches!(
-            read_bundle_file(&mut &b"hello"[..]),
-            Err(BundleError::NotABundle(_))
-        ));
+        assert!(matches!(read_bundle_file(&mut &b"hello"[..]), Err(BundleError::NotABundle(_))));
         let mut file = BUNDLE_FILE_MAGIC.to_vec();
         file.extend_from_slice(&5u32.to_le_bytes());
         file.extend_from_slice(&[0xff; 5]);

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 const SUB_BUCKET_BITS: u32 = 3;
 const SUB_BUCKETS: u32 = 1 << SUB_BUCKET_BITS;
-/// Buckets cover 0..2^40 µs (about 12 days); larger values land in the last bucket.
+/// 40 octaves of 8 buckets: the last bucket starts at 2^42 µs (about 51 days) and takes all above.
 pub const N_BUCKETS: usize = (40 * SUB_BUCKETS + 1) as usize;
 
 /// Dense recorder used on the device.
@@ -23,9 +23,7 @@ pub struct HistogramSnapshot {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram {
-            counts: vec![0; N_BUCKETS],
-        }
+        Histogram { counts: vec![0; N_BUCKETS] }
     }
 }
 
@@ -134,10 +132,7 @@ mod tests {
         }
         for (quantile, exact) in [(0.5, 5_000.0), (0.95, 9_500.0), (0.99, 9_900.0)] {
             let estimate = histogram.quantile(quantile).unwrap();
-            assert!(
-                (estimate - exact).abs() / exact < 0.07,
-                "q{quantile}: {estimate} vs {exact}"
-            );
+            assert!((estimate - exact).abs() / exact < 0.07, "q{quantile}: {estimate} vs {exact}");
         }
     }
 
@@ -147,11 +142,7 @@ mod tests {
         let mut right = Histogram::default();
         let mut both = Histogram::default();
         for value in 0..500u64 {
-            let histogram = if value % 3 == 0 {
-                &mut left
-            } else {
-                &mut right
-            };
+            let histogram = if value % 3 == 0 { &mut left } else { &mut right };
             histogram.record(value * 37);
             both.record(value * 37);
         }

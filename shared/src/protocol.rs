@@ -43,15 +43,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
     if version != PROTOCOL_VERSION {
         return Err(ProtocolError::UnsupportedVersion(version));
     }
-    let (message, rest) = postcard::take_from_bytes(body)
-        .map_err(|error| ProtocolError::Malformed(error.to_string()))?;
+    decode_exact(body)
+}
+
+/// Decodes postcard bytes that must hold exactly one value (no trailing bytes).
+pub fn decode_exact<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ProtocolError> {
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|error| ProtocolError::Malformed(error.to_string()))?;
     if !rest.is_empty() {
-        return Err(ProtocolError::Malformed(format!(
-            "{} trailing bytes",
-            rest.len()
-        )));
+        return Err(ProtocolError::Malformed(format!("{} trailing bytes", rest.len())));
     }
-    Ok(message)
+    Ok(value)
 }
 
 // ---------------------------------------------------------------- desired state
@@ -103,22 +104,12 @@ impl SignedDesiredState {
     pub fn sign(slot: &DesiredSlot, key_pair: &SigningKeyPair) -> Self {
         let body = postcard::to_stdvec(slot).unwrap_or_default();
         let signature = key_pair.sign(SignatureDomain::DesiredState, &body).to_vec();
-        SignedDesiredState {
-            key_id: key_pair.key_id(),
-            body,
-            signature,
-        }
+        SignedDesiredState { key_id: key_pair.key_id(), body, signature }
     }
 
     pub fn verify(&self, trusted_keys: &TrustedKeys) -> Result<DesiredSlot, ProtocolError> {
-        trusted_keys.verify(
-            self.key_id,
-            SignatureDomain::DesiredState,
-            &self.body,
-            &self.signature,
-        )?;
-        postcard::from_bytes(&self.body)
-            .map_err(|error| ProtocolError::Malformed(error.to_string()))
+        trusted_keys.verify(self.key_id, SignatureDomain::DesiredState, &self.body, &self.signature)?;
+        decode_exact(&self.body)
     }
 }
 
@@ -168,17 +159,11 @@ pub struct InstalledBundle {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SlotPhase {
     Idle,
-    Fetching {
-        received_bytes: u64,
-        total_bytes: u64,
-    },
+    Fetching { received_bytes: u64, total_bytes: u64 },
     Verifying,
     Installing,
     Active,
-    Failed {
-        kind: FailureKind,
-        reason: String,
-    },
+    Failed { kind: FailureKind, reason: String },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -289,10 +274,7 @@ pub fn ranges_of(indexes: impl IntoIterator<Item = u32>) -> Vec<ChunkRange> {
     for index in indexes {
         match ranges.last_mut() {
             Some(last) if last.end == index => last.end += 1,
-            _ => ranges.push(ChunkRange {
-                start: index,
-                end: index + 1,
-            }),
+            _ => ranges.push(ChunkRange { start: index, end: index + 1 }),
         }
     }
     ranges
@@ -319,31 +301,16 @@ mod tests {
         });
         let bytes = encode(&heartbeat);
         assert_eq!(decode::<Telemetry>(&bytes).unwrap(), heartbeat);
-        assert!(matches!(
-            decode::<Telemetry>(&[]),
-            Err(ProtocolError::Empty)
-        ));
+        assert!(matches!(decode::<Telemetry>(&[]), Err(ProtocolError::Empty)));
         let mut other_version = bytes.clone();
         other_version[0] = 2;
-        assert!(matches!(
-            decode::<Telemetry>(&other_version),
-            Err(ProtocolError::UnsupportedVersion(2))
-        ));
-        assert!(matches!(
-            decode::<Telemetry>(&[1, 0xff, 0xff]),
-            Err(ProtocolError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Telemetry>(&other_version), Err(ProtocolError::UnsupportedVersion(2))));
+        assert!(matches!(decode::<Telemetry>(&[1, 0xff, 0xff]), Err(ProtocolError::Malformed(_))));
         let mut trailing = bytes.clone();
         trailing.push(0);
-        assert!(matches!(
-            decode::<Telemetry>(&trailing),
-            Err(ProtocolError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Telemetry>(&trailing), Err(ProtocolError::Malformed(_))));
         // An enum variant this build does not know (appended by a newer peer) is refused.
-        assert!(matches!(
-            decode::<Reported>(&[1, 9]),
-            Err(ProtocolError::Malformed(_))
-        ));
+        assert!(matches!(decode::<Reported>(&[1, 9]), Err(ProtocolError::Malformed(_))));
     }
 
     #[test]
@@ -352,50 +319,28 @@ mod tests {
         let fetch = FetchRequest {
             device_id: "d1".into(),
             digest: BundleDigest([0xab; 32]),
-            missing: vec![
-                ChunkRange { start: 0, end: 2 },
-                ChunkRange {
-                    start: 300,
-                    end: 301,
-                },
-            ],
+            missing: vec![ChunkRange { start: 0, end: 2 }, ChunkRange { start: 300, end: 301 }],
         };
-        assert_eq!(
-            hex::encode(encode(&fetch)),
-            "01026431abababababababababababababababababababababababababababababababab020002ac02ad02"
-        );
+        assert_eq!(hex::encode(encode(&fetch)), "01026431abababababababababababababababababababababababababababababababab020002ac02ad02");
     }
 
     #[test]
     fn desired_state_signature_covers_the_body() {
         let key_pair = SigningKeyPair::generate().unwrap();
         let trusted = TrustedKeys::new(vec![key_pair.public_key()]);
-        let slot = DesiredSlot {
-            device_id: "d".into(),
-            model: "m".into(),
-            generation: 3,
-            issued_at_ms: 9,
-            target: DesiredTarget::Empty,
-        };
+        let slot = DesiredSlot { device_id: "d".into(), model: "m".into(), generation: 3, issued_at_ms: 9, target: DesiredTarget::Empty };
         let signed = SignedDesiredState::sign(&slot, &key_pair);
         assert_eq!(signed.verify(&trusted).unwrap(), slot);
         let mut tampered = signed.clone();
         tampered.body[0] ^= 1;
-        assert!(matches!(
-            tampered.verify(&trusted),
-            Err(ProtocolError::Signature(_))
-        ));
+        assert!(matches!(tampered.verify(&trusted), Err(ProtocolError::Signature(_))));
     }
 
     #[test]
     fn ranges_collapse_runs() {
         assert_eq!(
             ranges_of([0, 1, 2, 5, 7, 8]),
-            vec![
-                ChunkRange { start: 0, end: 3 },
-                ChunkRange { start: 5, end: 6 },
-                ChunkRange { start: 7, end: 9 }
-            ]
+            vec![ChunkRange { start: 0, end: 3 }, ChunkRange { start: 5, end: 6 }, ChunkRange { start: 7, end: 9 }]
         );
         assert!(ranges_of([]).is_empty());
     }

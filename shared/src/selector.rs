@@ -35,9 +35,7 @@ pub struct SelectorError {
 
 impl Selector {
     pub fn everything() -> Self {
-        Selector {
-            requirements: Vec::new(),
-        }
+        Selector { requirements: Vec::new() }
     }
 
     pub fn requirements(&self) -> &[Requirement] {
@@ -45,10 +43,7 @@ impl Selector {
     }
 
     pub fn parse(text: &str) -> Result<Self, SelectorError> {
-        let error = |reason: String| SelectorError {
-            selector: text.to_string(),
-            reason,
-        };
+        let error = |reason: String| SelectorError { selector: text.to_string(), reason };
         let mut requirements = Vec::new();
         for clause in split_top_level_commas(text).map_err(error)? {
             let clause = clause.trim();
@@ -125,22 +120,13 @@ fn split_top_level_commas(text: &str) -> Result<Vec<&str>, String> {
 
 fn parse_requirement(clause: &str) -> Result<Requirement, String> {
     if let Some(key) = clause.strip_prefix('!') {
-        return Ok(Requirement {
-            key: checked_key(key.trim())?,
-            operator: Operator::DoesNotExist,
-        });
+        return Ok(Requirement { key: checked_key(key.trim())?, operator: Operator::DoesNotExist });
     }
     if let Some((key, value)) = clause.split_once("!=") {
-        return Ok(Requirement {
-            key: checked_key(key.trim())?,
-            operator: Operator::NotEquals(checked_value(value.trim())?),
-        });
+        return Ok(Requirement { key: checked_key(key.trim())?, operator: Operator::NotEquals(checked_value(value.trim())?) });
     }
     if let Some((key, value)) = clause.split_once("==").or_else(|| clause.split_once('=')) {
-        return Ok(Requirement {
-            key: checked_key(key.trim())?,
-            operator: Operator::Equals(checked_value(value.trim())?),
-        });
+        return Ok(Requirement { key: checked_key(key.trim())?, operator: Operator::Equals(checked_value(value.trim())?) });
     }
     if let Some(open) = clause.find('(') {
         let head = clause[..open].trim();
@@ -148,10 +134,7 @@ fn parse_requirement(clause: &str) -> Result<Requirement, String> {
         if !clause[close + 1..].trim().is_empty() {
             return Err(format!("unexpected text after `)` in `{clause}`"));
         }
-        let values: Vec<String> = clause[open + 1..close]
-            .split(',')
-            .map(|value| checked_value(value.trim()))
-            .collect::<Result<_, _>>()?;
+        let values: Vec<String> = clause[open + 1..close].split(',').map(|value| checked_value(value.trim())).collect::<Result<_, _>>()?;
         if values.iter().any(String::is_empty) {
             return Err(format!("empty value in set of `{clause}`"));
         }
@@ -162,55 +145,28 @@ fn parse_requirement(clause: &str) -> Result<Requirement, String> {
         } else {
             return Err(format!("expected `in` or `notin` before `(` in `{clause}`"));
         };
-        return Ok(Requirement {
-            key: checked_key(key.trim())?,
-            operator,
-        });
+        return Ok(Requirement { key: checked_key(key.trim())?, operator });
     }
-    Ok(Requirement {
-        key: checked_key(clause)?,
-        operator: Operator::Exists,
-    })
+    Ok(Requirement { key: checked_key(clause)?, operator: Operator::Exists })
 }
 
 fn checked_key(key: &str) -> Result<String, String> {
     let valid = !key.is_empty()
         && key.len() <= 128
-        && key
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'/'));
-    if valid {
-        Ok(key.to_string())
-    } else {
-        Err(format!("`{key}` is not a valid label key"))
-    }
+        && key.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'/'));
+    if valid { Ok(key.to_string()) } else { Err(format!("`{key}` is not a valid label key")) }
 }
 
 fn checked_value(value: &str) -> Result<String, String> {
-    let valid = value.len() <= 256
-        && value
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'));
-    if valid {
-        Ok(value.to_string())
-    } else {
-        Err(format!("`{value}` is not a valid label value"))
-    }
+    let valid = value.len() <= 256 && value.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'));
+    if valid { Ok(value.to_string()) } else { Err(format!("`{value}` is not a valid label value")) }
 }
 
 /// Parses `key=value` as given to `--label`.
 pub fn parse_label(text: &str) -> Result<(String, String), SelectorError> {
-    let error = |reason: String| SelectorError {
-        selector: text.to_string(),
-        reason,
-    };
-    let (key, value) = text
-        .split_once('=')
-        .ok_or_else(|| error("a label is written key=value".into()))?;
-    Ok((
-        checked_key(key.trim()).map_err(error)?,
-        checked_value(value.trim()).map_err(error)?,
-    ))
+    let error = |reason: String| SelectorError { selector: text.to_string(), reason };
+    let (key, value) = text.split_once('=').ok_or_else(|| error("a label is written key=value".into()))?;
+    Ok((checked_key(key.trim()).map_err(error)?, checked_value(value.trim()).map_err(error)?))
 }
 
 #[cfg(test)]
@@ -218,20 +174,13 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(key, value)| (key.to_string(), value.to_string()))
-            .collect()
+        pairs.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect()
     }
 
     #[track_caller]
     fn check(selector: &str, device_labels: &[(&str, &str)], expected: bool) {
         let parsed = Selector::parse(selector).unwrap();
-        assert_eq!(
-            parsed.matches(&labels(device_labels)),
-            expected,
-            "{selector} on {device_labels:?}"
-        );
+        assert_eq!(parsed.matches(&labels(device_labels)), expected, "{selector} on {device_labels:?}");
         // Display gives a selector that parses to the same thing.
         assert_eq!(Selector::parse(&parsed.to_string()).unwrap(), parsed);
     }

@@ -75,28 +75,19 @@ impl SigningKeyPair {
     pub fn generate() -> Result<Self, SigningError> {
         let mut seed = [0u8; 32];
         getrandom::fill(&mut seed).map_err(|error| SigningError::Randomness(error.to_string()))?;
-        Ok(SigningKeyPair {
-            signing_key: ed25519_dalek::SigningKey::from_bytes(&seed),
-        })
+        Ok(SigningKeyPair { signing_key: ed25519_dalek::SigningKey::from_bytes(&seed) })
     }
 
     pub fn from_pem(pem: &str) -> Result<Self, SigningError> {
-        let signing_key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem).map_err(|error| {
-            SigningError::BadKey {
-                what: "private key".into(),
-                detail: error.to_string(),
-            }
-        })?;
+        let signing_key = ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+            .map_err(|error| SigningError::BadKey { what: "private key".into(), detail: error.to_string() })?;
         Ok(SigningKeyPair { signing_key })
     }
 
     pub fn read(path: &Path) -> Result<Self, SigningError> {
         let pem = read_to_string(path)?;
         Self::from_pem(&pem).map_err(|error| match error {
-            SigningError::BadKey { detail, .. } => SigningError::BadKey {
-                what: path.display().to_string(),
-                detail,
-            },
+            SigningError::BadKey { detail, .. } => SigningError::BadKey { what: path.display().to_string(), detail },
             other => other,
         })
     }
@@ -105,16 +96,11 @@ impl SigningKeyPair {
         self.signing_key
             .to_pkcs8_pem(LineEnding::LF)
             .map(|pem| pem.to_string())
-            .map_err(|error| SigningError::BadKey {
-                what: "private key".into(),
-                detail: error.to_string(),
-            })
+            .map_err(|error| SigningError::BadKey { what: "private key".into(), detail: error.to_string() })
     }
 
     pub fn public_key(&self) -> PublicKey {
-        PublicKey {
-            verifying_key: self.signing_key.verifying_key(),
-        }
+        PublicKey { verifying_key: self.signing_key.verifying_key() }
     }
 
     pub fn key_id(&self) -> KeyId {
@@ -143,23 +129,15 @@ impl fmt::Debug for PublicKey {
 
 impl PublicKey {
     pub fn from_pem(pem: &str) -> Result<Self, SigningError> {
-        let verifying_key =
-            ed25519_dalek::VerifyingKey::from_public_key_pem(pem).map_err(|error| {
-                SigningError::BadKey {
-                    what: "public key".into(),
-                    detail: error.to_string(),
-                }
-            })?;
+        let verifying_key = ed25519_dalek::VerifyingKey::from_public_key_pem(pem)
+            .map_err(|error| SigningError::BadKey { what: "public key".into(), detail: error.to_string() })?;
         Ok(PublicKey { verifying_key })
     }
 
     pub fn read(path: &Path) -> Result<Self, SigningError> {
         let pem = read_to_string(path)?;
         Self::from_pem(&pem).map_err(|error| match error {
-            SigningError::BadKey { detail, .. } => SigningError::BadKey {
-                what: path.display().to_string(),
-                detail,
-            },
+            SigningError::BadKey { detail, .. } => SigningError::BadKey { what: path.display().to_string(), detail },
             other => other,
         })
     }
@@ -167,10 +145,7 @@ impl PublicKey {
     pub fn to_pem(&self) -> Result<String, SigningError> {
         self.verifying_key
             .to_public_key_pem(LineEnding::LF)
-            .map_err(|error| SigningError::BadKey {
-                what: "public key".into(),
-                detail: error.to_string(),
-            })
+            .map_err(|error| SigningError::BadKey { what: "public key".into(), detail: error.to_string() })
     }
 
     pub fn key_id(&self) -> KeyId {
@@ -180,22 +155,13 @@ impl PublicKey {
         KeyId(id)
     }
 
-    pub fn verify(
-        &self,
-        domain: SignatureDomain,
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<(), SigningError> {
-        let signature_bytes: [u8; 64] = signature
-            .try_into()
-            .map_err(|_| SigningError::BadSignatureLength(signature.len()))?;
+    pub fn verify(&self, domain: SignatureDomain, message: &[u8], signature: &[u8]) -> Result<(), SigningError> {
+        let signature_bytes: [u8; 64] = signature.try_into().map_err(|_| SigningError::BadSignatureLength(signature.len()))?;
         let signature = ed25519_dalek::Signature::from_bytes(&signature_bytes);
         let mut signed = Vec::with_capacity(domain.prefix().len() + message.len());
         signed.extend_from_slice(domain.prefix());
         signed.extend_from_slice(message);
-        self.verifying_key
-            .verify(&signed, &signature)
-            .map_err(|_| SigningError::BadSignature(self.key_id()))
+        self.verifying_key.verify(&signed, &signature).map_err(|_| SigningError::BadSignature(self.key_id()))
     }
 }
 
@@ -218,27 +184,14 @@ impl TrustedKeys {
         self.keys.iter().map(PublicKey::key_id).collect()
     }
 
-    pub fn verify(
-        &self,
-        key_id: KeyId,
-        domain: SignatureDomain,
-        message: &[u8],
-        signature: &[u8],
-    ) -> Result<(), SigningError> {
-        let key = self
-            .keys
-            .iter()
-            .find(|key| key.key_id() == key_id)
-            .ok_or(SigningError::UnknownKey(key_id))?;
+    pub fn verify(&self, key_id: KeyId, domain: SignatureDomain, message: &[u8], signature: &[u8]) -> Result<(), SigningError> {
+        let key = self.keys.iter().find(|key| key.key_id() == key_id).ok_or(SigningError::UnknownKey(key_id))?;
         key.verify(domain, message, signature)
     }
 }
 
 fn read_to_string(path: &Path) -> Result<String, SigningError> {
-    std::fs::read_to_string(path).map_err(|source| SigningError::Io {
-        path: path.display().to_string(),
-        source,
-    })
+    std::fs::read_to_string(path).map_err(|source| SigningError::Io { path: path.display().to_string(), source })
 }
 
 #[cfg(test)]
@@ -260,49 +213,19 @@ mod tests {
         let other = SigningKeyPair::generate().unwrap();
         let trusted = TrustedKeys::new(vec![key_pair.public_key()]);
         let signature = key_pair.sign(SignatureDomain::Manifest, b"hello");
-        trusted
-            .verify(
-                key_pair.key_id(),
-                SignatureDomain::Manifest,
-                b"hello",
-                &signature,
-            )
-            .unwrap();
+        trusted.verify(key_pair.key_id(), SignatureDomain::Manifest, b"hello", &signature).unwrap();
         assert!(matches!(
-            trusted.verify(
-                key_pair.key_id(),
-                SignatureDomain::DesiredState,
-                b"hello",
-                &signature
-            ),
+            trusted.verify(key_pair.key_id(), SignatureDomain::DesiredState, b"hello", &signature),
             Err(SigningError::BadSignature(_))
         ));
         assert!(matches!(
-            trusted.verify(
-                key_pair.key_id(),
-                SignatureDomain::Manifest,
-                b"hellO",
-                &signature
-            ),
+            trusted.verify(key_pair.key_id(), SignatureDomain::Manifest, b"hellO", &signature),
             Err(SigningError::BadSignature(_))
         ));
         let foreign = other.sign(SignatureDomain::Manifest, b"hello");
+        assert!(matches!(trusted.verify(other.key_id(), SignatureDomain::Manifest, b"hello", &foreign), Err(SigningError::UnknownKey(_))));
         assert!(matches!(
-            trusted.verify(
-                other.key_id(),
-                SignatureDomain::Manifest,
-                b"hello",
-                &foreign
-            ),
-            Err(SigningError::UnknownKey(_))
-        ));
-        assert!(matches!(
-            trusted.verify(
-                key_pair.key_id(),
-                SignatureDomain::Manifest,
-                b"hello",
-                &signature[..10]
-            ),
+            trusted.verify(key_pair.key_id(), SignatureDomain::Manifest, b"hello", &signature[..10]),
             Err(SigningError::BadSignatureLength(10))
         ));
     }
@@ -310,9 +233,6 @@ mod tests {
     #[test]
     fn garbage_pem_is_refused_with_a_reason() {
         let error = PublicKey::from_pem("not a key").unwrap_err();
-        assert!(
-            error.to_string().contains("not a valid ed25519 PEM key"),
-            "{error}"
-        );
+        assert!(error.to_string().contains("not a valid ed25519 PEM key"), "{error}");
     }
 }

@@ -5,9 +5,7 @@
 pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
-        && name
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.'))
         && !name.starts_with('.')
 }
 
@@ -29,9 +27,7 @@ pub enum TopicKind {
 
 impl Topics {
     pub fn new(root: &str) -> Self {
-        Topics {
-            root: root.trim_end_matches('/').to_string(),
-        }
+        Topics { root: root.trim_end_matches('/').to_string() }
     }
 
     pub fn root(&self) -> &str {
@@ -69,33 +65,18 @@ impl Topics {
 
     /// The filters the plane subscribes to.
     pub fn plane_filters(&self) -> [String; 3] {
-        [
-            format!("{}/v1/d/+/reported", self.root),
-            format!("{}/v1/d/+/telemetry", self.root),
-            format!("{}/v1/d/+/fetch", self.root),
-        ]
+        [format!("{}/v1/d/+/reported", self.root), format!("{}/v1/d/+/telemetry", self.root), format!("{}/v1/d/+/fetch", self.root)]
     }
 
     pub fn parse(&self, topic: &str) -> Option<TopicKind> {
         let rest = topic.strip_prefix(&self.root)?.strip_prefix("/v1/")?;
         let levels: Vec<&str> = rest.split('/').collect();
         match levels.as_slice() {
-            ["d", device_id, "desired", model] => Some(TopicKind::Desired {
-                device_id: device_id.to_string(),
-                model: model.to_string(),
-            }),
-            ["d", device_id, "reported"] => Some(TopicKind::Reported {
-                device_id: device_id.to_string(),
-            }),
-            ["d", device_id, "telemetry"] => Some(TopicKind::Telemetry {
-                device_id: device_id.to_string(),
-            }),
-            ["d", device_id, "fetch"] => Some(TopicKind::Fetch {
-                device_id: device_id.to_string(),
-            }),
-            ["b", digest_hex, "chunks"] => Some(TopicKind::Chunks {
-                digest_hex: digest_hex.to_string(),
-            }),
+            ["d", device_id, "desired", model] => Some(TopicKind::Desired { device_id: device_id.to_string(), model: model.to_string() }),
+            ["d", device_id, "reported"] => Some(TopicKind::Reported { device_id: device_id.to_string() }),
+            ["d", device_id, "telemetry"] => Some(TopicKind::Telemetry { device_id: device_id.to_string() }),
+            ["d", device_id, "fetch"] => Some(TopicKind::Fetch { device_id: device_id.to_string() }),
+            ["b", digest_hex, "chunks"] => Some(TopicKind::Chunks { digest_hex: digest_hex.to_string() }),
             _ => None,
         }
     }
@@ -109,37 +90,11 @@ mod tests {
     fn topics_parse_back() {
         let topics = Topics::new("fleetml/");
         for (topic, expected) in [
-            (
-                topics.desired("dev-1", "m"),
-                TopicKind::Desired {
-                    device_id: "dev-1".into(),
-                    model: "m".into(),
-                },
-            ),
-            (
-                topics.reported("dev-1"),
-                TopicKind::Reported {
-                    device_id: "dev-1".into(),
-                },
-            ),
-            (
-                topics.telemetry("d"),
-                TopicKind::Telemetry {
-                    device_id: "d".into(),
-                },
-            ),
-            (
-                topics.fetch("d"),
-                TopicKind::Fetch {
-                    device_id: "d".into(),
-                },
-            ),
-            (
-                topics.chunks("ab"),
-                TopicKind::Chunks {
-                    digest_hex: "ab".into(),
-                },
-            ),
+            (topics.desired("dev-1", "m"), TopicKind::Desired { device_id: "dev-1".into(), model: "m".into() }),
+            (topics.reported("dev-1"), TopicKind::Reported { device_id: "dev-1".into() }),
+            (topics.telemetry("d"), TopicKind::Telemetry { device_id: "d".into() }),
+            (topics.fetch("d"), TopicKind::Fetch { device_id: "d".into() }),
+            (topics.chunks("ab"), TopicKind::Chunks { digest_hex: "ab".into() }),
         ] {
             assert_eq!(topics.parse(&topic), Some(expected), "{topic}");
         }
@@ -152,16 +107,7 @@ mod tests {
         for good in ["dev-1", "a.b_c", "X9"] {
             assert!(is_valid_name(good), "{good}");
         }
-        for bad in [
-            "",
-            "a/b",
-            "+",
-            "#",
-            "..",
-            ".hidden",
-            "a b",
-            &"x".repeat(129),
-        ] {
+        for bad in ["", "a/b", "+", "#", "..", ".hidden", "a b", &"x".repeat(129)] {
             assert!(!is_valid_name(bad), "{bad}");
         }
     }

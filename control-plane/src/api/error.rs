@@ -42,12 +42,7 @@ impl IntoResponse for ApiError {
             ApiError::ModelRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "model_refused"),
             ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
-            ApiError::Store(
-                StoreError::Database(_)
-                | StoreError::Migrate(_)
-                | StoreError::UnsupportedUrl(_)
-                | StoreError::Corrupt(_),
-            )
+            ApiError::Store(StoreError::Database(_) | StoreError::Migrate(_) | StoreError::UnsupportedUrl(_) | StoreError::Corrupt(_))
             | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };
         let message = if status.is_server_error() {
@@ -56,10 +51,6 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        (
-            status,
-            Json(serde_json::json!({ "error": code, "message": message })),
-        )
-            .into_response()
+        (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()
     }
 }

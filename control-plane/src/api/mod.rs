@@ -21,9 +21,7 @@ use fleetml_shared::topics::is_valid_name;
 use serde::Deserialize;
 
 use self::error::ApiError;
-use self::views::{
-    AliasRequest, DeployRequest, DeploymentView, DeviceView, StatsView, StatusView, VersionView,
-};
+use self::views::{AliasRequest, DeployRequest, DeploymentView, DeviceView, StatsView, StatusView, VersionView};
 use crate::PlaneCore;
 use crate::deployment::{ControllerCommand, targets};
 use crate::keys::token_hash;
@@ -36,30 +34,16 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
     let authenticated = Router::new()
         .route("/status", get(status))
         .route("/models", get(list_models))
-        .route(
-            "/models/{name}/versions",
-            post(push_version)
-                .get(list_versions)
-                .layer(DefaultBodyLimit::max(MAX_MODEL_BYTES)),
-        )
+        .route("/models/{name}/versions", post(push_version).get(list_versions).layer(DefaultBodyLimit::max(MAX_MODEL_BYTES)))
         .route("/models/{name}/versions/{version}", get(get_version))
-        .route(
-            "/models/{name}/versions/{version}/bundle",
-            get(download_bundle),
-        )
-        .route(
-            "/models/{name}/versions/{version}/stats",
-            get(version_stats),
-        )
+        .route("/models/{name}/versions/{version}/bundle", get(download_bundle))
+        .route("/models/{name}/versions/{version}/stats", get(version_stats))
         .route("/models/{name}/aliases/{alias}", put(set_alias))
         .route("/deployments", post(deploy).get(list_deployments))
         .route("/devices", get(list_devices))
         .route("/devices/{device_id}", get(get_device))
         .route_layer(middleware::from_fn_with_state(core.clone(), require_token));
-    let api = Router::new()
-        .route("/health", get(health))
-        .route("/signing-key", get(signing_key))
-        .merge(authenticated);
+    let api = Router::new().route("/health", get(health)).route("/signing-key", get(signing_key)).merge(authenticated);
     Router::new()
         .nest("/api/v1", api)
         .route("/metrics", get(metrics))
@@ -67,12 +51,7 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
         .with_state(core)
 }
 
-async fn require_token(
-    State(core): State<Arc<PlaneCore>>,
-    headers: HeaderMap,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+async fn require_token(State(core): State<Arc<PlaneCore>>, headers: HeaderMap, request: Request, next: Next) -> Result<Response, ApiError> {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
@@ -85,17 +64,11 @@ async fn require_token(
 }
 
 async fn health(State(core): State<Arc<PlaneCore>>) -> Json<serde_json::Value> {
-    Json(
-        serde_json::json!({ "status": "ok", "store": core.store.backend(), "broker": core.broker_url }),
-    )
+    Json(serde_json::json!({ "status": "ok", "store": core.store.backend(), "broker": core.broker_url }))
 }
 
 async fn signing_key(State(core): State<Arc<PlaneCore>>) -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/x-pem-file")],
-        core.public_key_pem.clone(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/x-pem-file")], core.public_key_pem.clone()).into_response()
 }
 
 async fn status(State(core): State<Arc<PlaneCore>>) -> Json<StatusView> {
@@ -110,17 +83,12 @@ async fn status(State(core): State<Arc<PlaneCore>>) -> Json<StatusView> {
         chunks_published: counters.chunks_published.load(Ordering::Relaxed),
         chunk_bytes_published: counters.chunk_bytes_published.load(Ordering::Relaxed),
         desired_published: counters.desired_published.load(Ordering::Relaxed),
+        fetch_requests_dropped: counters.fetch_requests_dropped.load(Ordering::Relaxed),
     })
 }
 
 fn check_model_name(name: &str) -> Result<(), ApiError> {
-    if is_valid_name(name) {
-        Ok(())
-    } else {
-        Err(ApiError::BadRequest(format!(
-            "`{name}` is not a valid model name (A-Z a-z 0-9 - _ .)"
-        )))
-    }
+    if is_valid_name(name) { Ok(()) } else { Err(ApiError::BadRequest(format!("`{name}` is not a valid model name (A-Z a-z 0-9 - _ .)"))) }
 }
 
 #[derive(Deserialize)]
@@ -139,47 +107,28 @@ async fn push_version(
 ) -> Result<(StatusCode, Json<views::PushResponse>), ApiError> {
     check_model_name(&name)?;
     if body.is_empty() {
-        return Err(ApiError::BadRequest(
-            "the request body must be the ONNX file".into(),
-        ));
+        return Err(ApiError::BadRequest("the request body must be the ONNX file".into()));
     }
     let pushed = core
-        .push_model(
-            &name,
-            body.to_vec(),
-            query.description.unwrap_or_default(),
-            query.expires_in_days,
-            query.latency_budget_ms,
-        )
+        .push_model(&name, body.to_vec(), query.description.unwrap_or_default(), query.expires_in_days, query.latency_budget_ms)
         .await?;
     Ok((StatusCode::CREATED, Json(pushed)))
 }
 
-async fn list_models(
-    State(core): State<Arc<PlaneCore>>,
-) -> Result<Json<Vec<VersionView>>, ApiError> {
+async fn list_models(State(core): State<Arc<PlaneCore>>) -> Result<Json<Vec<VersionView>>, ApiError> {
     version_views(&core, None).await.map(Json)
 }
 
-async fn list_versions(
-    State(core): State<Arc<PlaneCore>>,
-    Path(name): Path<String>,
-) -> Result<Json<Vec<VersionView>>, ApiError> {
+async fn list_versions(State(core): State<Arc<PlaneCore>>, Path(name): Path<String>) -> Result<Json<Vec<VersionView>>, ApiError> {
     version_views(&core, Some(&name)).await.map(Json)
 }
 
-async fn version_views(
-    core: &PlaneCore,
-    model: Option<&str>,
-) -> Result<Vec<VersionView>, ApiError> {
+async fn version_views(core: &PlaneCore, model: Option<&str>) -> Result<Vec<VersionView>, ApiError> {
     let records = core.store.list_versions(model).await?;
     let mut aliases_by_model: BTreeMap<String, Vec<(String, i64)>> = BTreeMap::new();
     for record in &records {
         if !aliases_by_model.contains_key(&record.model) {
-            aliases_by_model.insert(
-                record.model.clone(),
-                core.store.list_aliases(&record.model).await?,
-            );
+            aliases_by_model.insert(record.model.clone(), core.store.list_aliases(&record.model).await?);
         }
     }
     Ok(records
@@ -187,13 +136,7 @@ async fn version_views(
         .map(|record| {
             let aliases = aliases_by_model
                 .get(&record.model)
-                .map(|aliases| {
-                    aliases
-                        .iter()
-                        .filter(|(_, version)| *version == record.version)
-                        .map(|(alias, _)| alias.clone())
-                        .collect()
-                })
+                .map(|aliases| aliases.iter().filter(|(_, version)| *version == record.version).map(|(alias, _)| alias.clone()).collect())
                 .unwrap_or_default();
             VersionView::from_record(record, aliases)
         })
@@ -205,37 +148,17 @@ async fn get_version(
     Path((name, version)): Path<(String, String)>,
 ) -> Result<Json<VersionView>, ApiError> {
     let version = core.resolve_reference(&name, &version).await?;
-    let record = core
-        .store
-        .get_version(&name, version)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{name}@{version}")))?;
-    let aliases = core
-        .store
-        .list_aliases(&name)
-        .await?
-        .into_iter()
-        .filter(|(_, aliased)| *aliased == version)
-        .map(|(alias, _)| alias)
-        .collect();
+    let record = core.store.get_version(&name, version).await?.ok_or_else(|| ApiError::NotFound(format!("{name}@{version}")))?;
+    let aliases =
+        core.store.list_aliases(&name).await?.into_iter().filter(|(_, aliased)| *aliased == version).map(|(alias, _)| alias).collect();
     Ok(Json(VersionView::from_record(&record, aliases)))
 }
 
-async fn download_bundle(
-    State(core): State<Arc<PlaneCore>>,
-    Path((name, version)): Path<(String, String)>,
-) -> Result<Response, ApiError> {
+async fn download_bundle(State(core): State<Arc<PlaneCore>>, Path((name, version)): Path<(String, String)>) -> Result<Response, ApiError> {
     let version = core.resolve_reference(&name, &version).await?;
-    let record = core
-        .store
-        .get_version(&name, version)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{name}@{version}")))?;
-    let digest = fleetml_shared::bundle::BundleDigest::from_hex(&record.digest)
-        .ok_or_else(|| ApiError::Internal("bad digest".into()))?;
-    let bytes = tokio::fs::read(core.bundle_path(&digest))
-        .await
-        .map_err(|error| ApiError::Internal(format!("reading bundle: {error}")))?;
+    let record = core.store.get_version(&name, version).await?.ok_or_else(|| ApiError::NotFound(format!("{name}@{version}")))?;
+    let digest = fleetml_shared::bundle::BundleDigest::from_hex(&record.digest).ok_or_else(|| ApiError::Internal("bad digest".into()))?;
+    let bytes = tokio::fs::read(core.bundle_path(&digest)).await.map_err(|error| ApiError::Internal(format!("reading bundle: {error}")))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -250,11 +173,7 @@ async fn version_stats(
     Path((name, version)): Path<(String, String)>,
     Query(query): Query<StatsQuery>,
 ) -> Result<Json<StatsView>, ApiError> {
-    let version = if version == "all" {
-        None
-    } else {
-        Some(core.resolve_reference(&name, &version).await?)
-    };
+    let version = if version == "all" { None } else { Some(core.resolve_reference(&name, &version).await?) };
     let since_ms = fleetml_shared::now_ms() as i64 - query.since_s.unwrap_or(300).max(0) * 1000;
     let windows = core.store.windows_since(&name, version, since_ms).await?;
     let mut histogram = Histogram::default();
@@ -285,25 +204,11 @@ async fn set_alias(
     Json(request): Json<AliasRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if alias.parse::<i64>().is_ok() || !is_valid_name(&alias) {
-        return Err(ApiError::BadRequest(format!(
-            "`{alias}` is not a valid alias (a name, not a number)"
-        )));
+        return Err(ApiError::BadRequest(format!("`{alias}` is not a valid alias (a name, not a number)")));
     }
-    core.store
-        .get_version(&name, request.version)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{name}@{}", request.version)))?;
-    core.store
-        .set_alias(
-            &name,
-            &alias,
-            request.version,
-            fleetml_shared::now_ms() as i64,
-        )
-        .await?;
-    Ok(Json(
-        serde_json::json!({ "model": name, "alias": alias, "version": request.version }),
-    ))
+    core.store.get_version(&name, request.version).await?.ok_or_else(|| ApiError::NotFound(format!("{name}@{}", request.version)))?;
+    core.store.set_alias(&name, &alias, request.version, fleetml_shared::now_ms() as i64).await?;
+    Ok(Json(serde_json::json!({ "model": name, "alias": alias, "version": request.version })))
 }
 
 async fn deploy(
@@ -315,40 +220,23 @@ async fn deploy(
         (Some(version), None) => version,
         (None, Some(alias)) => core.resolve_reference(&request.model, alias).await?,
         _ => {
-            return Err(ApiError::BadRequest(
-                "give exactly one of `version` and `alias`".into(),
-            ));
+            return Err(ApiError::BadRequest("give exactly one of `version` and `alias`".into()));
         }
     };
-    core.store
-        .get_version(&request.model, version)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("{}@{version}", request.model)))?;
+    core.store.get_version(&request.model, version).await?.ok_or_else(|| ApiError::NotFound(format!("{}@{version}", request.model)))?;
     let target = match (request.device, request.selector) {
         (Some(device_id), None) if is_valid_name(&device_id) => DeploymentTarget::Device(device_id),
         (Some(device_id), None) => {
-            return Err(ApiError::BadRequest(format!(
-                "`{device_id}` is not a valid device id"
-            )));
+            return Err(ApiError::BadRequest(format!("`{device_id}` is not a valid device id")));
         }
-        (None, Some(selector)) => DeploymentTarget::Selector(
-            Selector::parse(&selector).map_err(|error| ApiError::BadRequest(error.to_string()))?,
-        ),
+        (None, Some(selector)) => {
+            DeploymentTarget::Selector(Selector::parse(&selector).map_err(|error| ApiError::BadRequest(error.to_string()))?)
+        }
         _ => {
-            return Err(ApiError::BadRequest(
-                "give exactly one of `device` and `selector`".into(),
-            ));
+            return Err(ApiError::BadRequest("give exactly one of `device` and `selector`".into()));
         }
     };
-    let id = core
-        .store
-        .insert_deployment(
-            &request.model,
-            version,
-            &target,
-            fleetml_shared::now_ms() as i64,
-        )
-        .await?;
+    let id = core.store.insert_deployment(&request.model, version, &target, fleetml_shared::now_ms() as i64).await?;
     let record = core
         .store
         .list_deployments()
@@ -356,32 +244,16 @@ async fn deploy(
         .into_iter()
         .find(|deployment| deployment.id == id)
         .ok_or_else(|| ApiError::Internal("deployment vanished".into()))?;
-    let matched = core
-        .store
-        .list_devices()
-        .await?
-        .into_iter()
-        .filter(|device| targets(&record, device))
-        .map(|device| device.device_id)
-        .collect();
-    let _ = core.controller.send(ControllerCommand::ReconcileAll).await;
+    let matched =
+        core.store.list_devices().await?.into_iter().filter(|device| targets(&record, device)).map(|device| device.device_id).collect();
+    core.controller.request(ControllerCommand::ReconcileAll);
     tracing::info!(deployment_id = id, model = %record.model, version, "deployment created");
-    Ok((
-        StatusCode::CREATED,
-        Json(DeploymentView::from_record(&record, matched)),
-    ))
+    Ok((StatusCode::CREATED, Json(DeploymentView::from_record(&record, matched))))
 }
 
-async fn list_deployments(
-    State(core): State<Arc<PlaneCore>>,
-) -> Result<Json<Vec<DeploymentView>>, ApiError> {
+async fn list_deployments(State(core): State<Arc<PlaneCore>>) -> Result<Json<Vec<DeploymentView>>, ApiError> {
     let records = core.store.list_deployments().await?;
-    Ok(Json(
-        records
-            .iter()
-            .map(|record| DeploymentView::from_record(record, Vec::new()))
-            .collect(),
-    ))
+    Ok(Json(records.iter().map(|record| DeploymentView::from_record(record, Vec::new())).collect()))
 }
 
 async fn device_views(core: &PlaneCore) -> Result<Vec<DeviceView>, ApiError> {
@@ -391,15 +263,8 @@ async fn device_views(core: &PlaneCore) -> Result<Vec<DeviceView>, ApiError> {
         .iter()
         .map(|device| {
             let mut view = DeviceView::from_record(device);
-            for record in desired
-                .iter()
-                .filter(|record| record.device_id == device.device_id)
-            {
-                let slot = match view
-                    .slots
-                    .iter_mut()
-                    .find(|slot| slot.model == record.model)
-                {
+            for record in desired.iter().filter(|record| record.device_id == device.device_id) {
+                let slot = match view.slots.iter_mut().find(|slot| slot.model == record.model) {
                     Some(slot) => slot,
                     None => {
                         view.slots.push(views::SlotView {
@@ -426,16 +291,11 @@ async fn device_views(core: &PlaneCore) -> Result<Vec<DeviceView>, ApiError> {
         .collect())
 }
 
-async fn list_devices(
-    State(core): State<Arc<PlaneCore>>,
-) -> Result<Json<Vec<DeviceView>>, ApiError> {
+async fn list_devices(State(core): State<Arc<PlaneCore>>) -> Result<Json<Vec<DeviceView>>, ApiError> {
     device_views(&core).await.map(Json)
 }
 
-async fn get_device(
-    State(core): State<Arc<PlaneCore>>,
-    Path(device_id): Path<String>,
-) -> Result<Json<DeviceView>, ApiError> {
+async fn get_device(State(core): State<Arc<PlaneCore>>, Path(device_id): Path<String>) -> Result<Json<DeviceView>, ApiError> {
     device_views(&core)
         .await?
         .into_iter()
@@ -451,22 +311,10 @@ async fn metrics(State(core): State<Arc<PlaneCore>>) -> Result<Response, ApiErro
     let counters = &core.counters;
     let mut text = String::new();
     let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-        ));
+        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
     };
-    gauge(
-        "fleetml_devices",
-        "Devices known to the plane.",
-        "gauge",
-        devices.len() as f64,
-    );
-    gauge(
-        "fleetml_devices_online",
-        "Devices connected now.",
-        "gauge",
-        n_online as f64,
-    );
+    gauge("fleetml_devices", "Devices known to the plane.", "gauge", devices.len() as f64);
+    gauge("fleetml_devices_online", "Devices connected now.", "gauge", n_online as f64);
     gauge(
         "fleetml_refused_messages_total",
         "Device messages refused as malformed or inconsistent.",

@@ -43,10 +43,7 @@ impl SlotView {
     pub fn from_report(report: &SlotReport) -> Self {
         let (phase, received_bytes, total_bytes) = match &report.phase {
             SlotPhase::Idle => ("idle", None, None),
-            SlotPhase::Fetching {
-                received_bytes,
-                total_bytes,
-            } => ("fetching", Some(*received_bytes), Some(*total_bytes)),
+            SlotPhase::Fetching { received_bytes, total_bytes } => ("fetching", Some(*received_bytes), Some(*total_bytes)),
             SlotPhase::Verifying => ("verifying", None, None),
             SlotPhase::Installing => ("installing", None, None),
             SlotPhase::Active => ("active", None, None),
@@ -61,29 +58,26 @@ impl SlotView {
             active_version: report.active.map(|installed| installed.version),
             previous_version: report.previous.map(|installed| installed.version),
             target_version: report.target.map(|installed| installed.version),
-            last_result: report
-                .last_result
-                .as_ref()
-                .map(|outcome| match &outcome.result {
-                    InstallResult::Installed { self_test_ms } => InstallResultView {
-                        version: outcome.version,
-                        generation: outcome.generation,
-                        at_ms: outcome.at_ms,
-                        ok: true,
-                        kind: None,
-                        reason: None,
-                        self_test_ms: Some(*self_test_ms),
-                    },
-                    InstallResult::Refused { kind, reason } => InstallResultView {
-                        version: outcome.version,
-                        generation: outcome.generation,
-                        at_ms: outcome.at_ms,
-                        ok: false,
-                        kind: Some(kind.as_str().to_string()),
-                        reason: Some(reason.clone()),
-                        self_test_ms: None,
-                    },
-                }),
+            last_result: report.last_result.as_ref().map(|outcome| match &outcome.result {
+                InstallResult::Installed { self_test_ms } => InstallResultView {
+                    version: outcome.version,
+                    generation: outcome.generation,
+                    at_ms: outcome.at_ms,
+                    ok: true,
+                    kind: None,
+                    reason: None,
+                    self_test_ms: Some(*self_test_ms),
+                },
+                InstallResult::Refused { kind, reason } => InstallResultView {
+                    version: outcome.version,
+                    generation: outcome.generation,
+                    at_ms: outcome.at_ms,
+                    ok: false,
+                    kind: Some(kind.as_str().to_string()),
+                    reason: Some(reason.clone()),
+                    self_test_ms: None,
+                },
+            }),
             desired_version: None,
             desired_generation: None,
         }
@@ -242,4 +236,5 @@ pub struct StatusView {
     pub chunks_published: u64,
     pub chunk_bytes_published: u64,
     pub desired_published: u64,
+    pub fetch_requests_dropped: u64,
 }

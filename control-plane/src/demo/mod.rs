@@ -9,9 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use fleetml_agent::config::{
-    LinkConfig, SimConfig, TelemetryConfig, TestingConfig, TransferConfig,
-};
+use fleetml_agent::config::{LinkConfig, SimConfig, TelemetryConfig, TestingConfig, TransferConfig};
 use fleetml_shared::broker::BrokerAddress;
 use fleetml_shared::histogram::Histogram;
 use fleetml_shared::selector::Selector;
@@ -44,13 +42,8 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
     let tracker = TaskTracker::new();
     let plane_config = PlaneConfig {
         data_dir: data_dir.join("plane"),
-        database_url: format!(
-            "sqlite://{}",
-            data_dir.join("plane").join("fleetml.db").display()
-        ),
-        broker: BrokerConfig::Embedded {
-            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-        },
+        database_url: format!("sqlite://{}", data_dir.join("plane").join("fleetml.db").display()),
+        broker: BrokerConfig::Embedded { listen: SocketAddr::from(([127, 0, 0, 1], 0)) },
         topic_root: "fleetml".into(),
         http: options.http,
         signing_key: None,
@@ -59,14 +52,8 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
         announce_token: false,
     };
     let plane = crate::start(plane_config, &tracker, &cancel).await?;
-    let token = plane
-        .admin_token
-        .clone()
-        .context("the demo's plane has no admin token")?;
-    println!(
-        "control plane: API http://{}  MQTT broker {} (embedded)",
-        plane.http_addr, plane.broker_url
-    );
+    let token = plane.admin_token.clone().context("the demo's plane has no admin token")?;
+    println!("control plane: API http://{}  MQTT broker {} (embedded)", plane.http_addr, plane.broker_url);
     println!("admin token: {token}");
 
     let broker = BrokerAddress::parse(&plane.broker_url)?;
@@ -75,60 +62,31 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
         count: options.devices,
         id_prefix: "demo-".into(),
         first_index: 0,
-        base_labels: [("fleet".to_string(), "demo".to_string())]
-            .into_iter()
-            .collect(),
-        label_cycles: vec![
-            ("site".into(), vec!["north".into(), "south".into()]),
-            ("arch".into(), vec!["x86_64".into(), "arm64".into()]),
-        ],
+        base_labels: [("fleet".to_string(), "demo".to_string())].into_iter().collect(),
+        label_cycles: vec![("site".into(), vec!["north".into(), "south".into()]), ("arch".into(), vec!["x86_64".into(), "arm64".into()])],
         state_dir: data_dir.join("devices"),
         trusted_keys: TrustedKeys::new(vec![public_key]),
-        link: LinkConfig {
-            broker,
-            topic_root: "fleetml".into(),
-            keep_alive: Duration::from_secs(15),
-        },
-        telemetry: TelemetryConfig {
-            heartbeat_interval: Duration::from_secs(1),
-        },
-        transfer: TransferConfig {
-            stall_timeout: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(30),
-        },
+        link: LinkConfig { broker, topic_root: "fleetml".into(), keep_alive: Duration::from_secs(15) },
+        telemetry: TelemetryConfig { heartbeat_interval: Duration::from_secs(1) },
+        transfer: TransferConfig { stall_timeout: Duration::from_secs(5), max_backoff: Duration::from_secs(30) },
         http: SocketAddr::from(([127, 0, 0, 1], 0)),
         inference_threads: 2,
         testing: TestingConfig::default(),
         testing_selector: Selector::everything(),
     };
     let fleet = fleetml_agent::sim::start(&sim_config, &tracker, &cancel).await?;
-    println!(
-        "simulated fleet: {} agents, local inference API http://{}/devices/{{device}}/v2",
-        fleet.device_ids.len(),
-        fleet.api_addr
-    );
+    println!("simulated fleet: {} agents, local inference API http://{}/devices/{{device}}/v2", fleet.device_ids.len(), fleet.api_addr);
 
     let client = Client::new(&format!("http://{}", plane.http_addr), Some(token))?;
     let online_started = tokio::time::Instant::now();
     loop {
-        let online = client
-            .devices()
-            .await?
-            .iter()
-            .filter(|device| device.online)
-            .count();
+        let online = client.devices().await?.iter().filter(|device| device.online).count();
         if online >= options.devices {
-            println!(
-                "{online} devices online after {:.1} s",
-                online_started.elapsed().as_secs_f32()
-            );
+            println!("{online} devices online after {:.1} s", online_started.elapsed().as_secs_f32());
             break;
         }
         if online_started.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "only {online} of {} devices came online within 60 s",
-                options.devices
-            );
+            bail!("only {online} of {} devices came online within 60 s", options.devices);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -136,12 +94,8 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
     let (train_features, train_labels) = dataset(3000, 1);
     let (test_features, test_labels) = dataset(900, 2);
     let mut rollout_seconds = Vec::new();
-    for (version_step, (hidden_units, description)) in [
-        (0usize, "softmax regression"),
-        (16, "MLP, 16 hidden ReLU units"),
-    ]
-    .into_iter()
-    .enumerate()
+    for (version_step, (hidden_units, description)) in
+        [(0usize, "softmax regression"), (16, "MLP, 16 hidden ReLU units")].into_iter().enumerate()
     {
         let model = Classifier::train(&train_features, &train_labels, hidden_units, 400, 0.5, 11);
         let accuracy = model.accuracy(&test_features, &test_labels);
@@ -169,20 +123,9 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
                 ..DeployRequest::default()
             })
             .await?;
-        println!(
-            "deployed {MODEL}@{} to selector `fleet=demo`: {} devices match",
-            pushed.version,
-            deployment.matched_devices.len()
-        );
-        let outcome = wait_for_rollout(
-            &client,
-            MODEL,
-            pushed.version,
-            &deployment.matched_devices,
-            Duration::from_secs(120),
-            false,
-        )
-        .await?;
+        println!("deployed {MODEL}@{} to selector `fleet=demo`: {} devices match", pushed.version, deployment.matched_devices.len());
+        let outcome =
+            wait_for_rollout(&client, MODEL, pushed.version, &deployment.matched_devices, Duration::from_secs(120), false).await?;
         println!(
             "fleet converged on v{} in {:.2} s: {} installed, {} failed, {} pending",
             pushed.version,
@@ -198,40 +141,21 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
             bail!("the fleet did not converge on version {}", pushed.version);
         }
         rollout_seconds.push(outcome.elapsed.as_secs_f32());
-        infer_round(
-            &fleet.api_addr,
-            &fleet.device_ids,
-            &test_features,
-            &test_labels,
-            options.requests,
-            pushed.version,
-        )
-        .await?;
+        infer_round(&fleet.api_addr, &fleet.device_ids, &test_features, &test_labels, options.requests, pushed.version).await?;
     }
 
     println!();
     print_devices(&client.devices().await?);
     // Heartbeats carry the devices' own latency figures; wait for one more round.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let stats: StatsView = client
-        .get(&format!(
-            "/api/v1/models/{MODEL}/versions/2/stats?since_s=600"
-        ))
-        .await?;
-    if let (Some(p50), Some(p95), Some(p99)) = (
-        stats.latency_p50_us,
-        stats.latency_p95_us,
-        stats.latency_p99_us,
-    ) {
+    let stats: StatsView = client.get(&format!("/api/v1/models/{MODEL}/versions/2/stats?since_s=600")).await?;
+    if let (Some(p50), Some(p95), Some(p99)) = (stats.latency_p50_us, stats.latency_p95_us, stats.latency_p99_us) {
         println!(
             "\nfleet-wide figures for {MODEL}@2 reported by {} devices: {} requests, {} errors, latency p50 {:.0} µs, p95 {:.0} µs, p99 {:.0} µs (device side)",
             stats.devices, stats.requests, stats.errors, p50, p95, p99
         );
     }
-    println!(
-        "\nsummary: {} devices; v1 rollout {:.2} s, v2 rollout {:.2} s",
-        options.devices, rollout_seconds[0], rollout_seconds[1]
-    );
+    println!("\nsummary: {} devices; v1 rollout {:.2} s, v2 rollout {:.2} s", options.devices, rollout_seconds[0], rollout_seconds[1]);
     println!(
         "API http://{}  broker {}  (try: FLEETML_SERVER=http://{} FLEETML_TOKEN=... fleetml devices)",
         plane.http_addr, plane.broker_url, plane.http_addr
@@ -251,11 +175,7 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!(
-        "fleetml-demo-{}-{:08x}",
-        std::process::id(),
-        fastrand::u32(..)
-    ));
+    let dir = std::env::temp_dir().join(format!("fleetml-demo-{}-{:08x}", std::process::id(), fastrand::u32(..)));
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
 }
@@ -280,13 +200,7 @@ async fn infer_round(
             "inputs": [{ "name": "features", "shape": [1, N_FEATURES], "datatype": "FP32", "data": features[sample_idx] }]
         });
         let started = std::time::Instant::now();
-        let response = http
-            .post(format!(
-                "http://{api_addr}/devices/{device_id}/v2/models/{MODEL}/infer"
-            ))
-            .json(&body)
-            .send()
-            .await?;
+        let response = http.post(format!("http://{api_addr}/devices/{device_id}/v2/models/{MODEL}/infer")).json(&body).send().await?;
         let status = response.status();
         let answer: serde_json::Value = response.json().await?;
         histogram.record(started.elapsed().as_micros() as u64);

@@ -165,51 +165,25 @@ pub trait Store: Send + Sync + 'static {
 
     // registry
     /// Stores a new version; fails with `Conflict` if the number is taken.
-    async fn insert_version(
-        &self,
-        version: &ModelVersionRecord,
-        bundle: &BundleRecord,
-    ) -> StoreResult<()>;
+    async fn insert_version(&self, version: &ModelVersionRecord, bundle: &BundleRecord) -> StoreResult<()>;
     async fn latest_version(&self, model: &str) -> StoreResult<Option<i64>>;
-    async fn get_version(
-        &self,
-        model: &str,
-        version: i64,
-    ) -> StoreResult<Option<ModelVersionRecord>>;
+    async fn get_version(&self, model: &str, version: i64) -> StoreResult<Option<ModelVersionRecord>>;
     async fn list_versions(&self, model: Option<&str>) -> StoreResult<Vec<ModelVersionRecord>>;
     async fn get_bundle(&self, digest: &str) -> StoreResult<Option<BundleRecord>>;
-    async fn set_alias(
-        &self,
-        model: &str,
-        alias: &str,
-        version: i64,
-        at_ms: i64,
-    ) -> StoreResult<()>;
+    async fn set_alias(&self, model: &str, alias: &str, version: i64, at_ms: i64) -> StoreResult<()>;
     async fn resolve_alias(&self, model: &str, alias: &str) -> StoreResult<Option<i64>>;
     async fn list_aliases(&self, model: &str) -> StoreResult<Vec<(String, i64)>>;
 
     // deployments and desired state
-    async fn insert_deployment(
-        &self,
-        model: &str,
-        version: i64,
-        target: &DeploymentTarget,
-        at_ms: i64,
-    ) -> StoreResult<i64>;
+    async fn insert_deployment(&self, model: &str, version: i64, target: &DeploymentTarget, at_ms: i64) -> StoreResult<i64>;
     async fn list_deployments(&self) -> StoreResult<Vec<DeploymentRecord>>;
-    async fn get_desired(&self, device_id: &str, model: &str)
-    -> StoreResult<Option<DesiredRecord>>;
+    async fn get_desired(&self, device_id: &str, model: &str) -> StoreResult<Option<DesiredRecord>>;
     async fn put_desired(&self, desired: &DesiredRecord) -> StoreResult<()>;
     async fn list_desired(&self) -> StoreResult<Vec<DesiredRecord>>;
 
     // telemetry
     async fn insert_windows(&self, windows: &[InferenceWindow]) -> StoreResult<()>;
-    async fn windows_since(
-        &self,
-        model: &str,
-        version: Option<i64>,
-        since_ms: i64,
-    ) -> StoreResult<Vec<InferenceWindow>>;
+    async fn windows_since(&self, model: &str, version: Option<i64>, since_ms: i64) -> StoreResult<Vec<InferenceWindow>>;
 
     // tokens
     async fn insert_token(&self, token_sha256: &str, name: &str, at_ms: i64) -> StoreResult<()>;

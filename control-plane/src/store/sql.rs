@@ -11,14 +11,11 @@ use fleetml_shared::histogram::HistogramSnapshot;
 use fleetml_shared::selector::Selector;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    BundleRecord, DeploymentRecord, DeploymentTarget, DesiredRecord, DeviceChange, DeviceRecord,
-    DeviceVitals, InferenceWindow, ModelVersionRecord, ReportedUpdate, Store, StoreError,
-    StoreResult,
+    BundleRecord, DeploymentRecord, DeploymentTarget, DesiredRecord, DeviceChange, DeviceRecord, DeviceVitals, InferenceWindow,
+    ModelVersionRecord, ReportedUpdate, Store, StoreError, StoreResult,
 };
 
 pub struct SqliteStore {
@@ -37,10 +34,7 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(options)
-            .await?;
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await?;
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         Ok(SqliteStore { pool })
     }
@@ -48,11 +42,7 @@ impl SqliteStore {
 
 impl PostgresStore {
     pub async fn connect(url: &str) -> StoreResult<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await?;
+        let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(PostgresStore { pool })
     }
@@ -67,8 +57,7 @@ fn labels_json(labels: &BTreeMap<String, String>) -> String {
 }
 
 fn parse_labels(text: &str) -> StoreResult<BTreeMap<String, String>> {
-    serde_json::from_str(text)
-        .map_err(|error| StoreError::Corrupt(format!("device labels: {error}")))
+    serde_json::from_str(text).map_err(|error| StoreError::Corrupt(format!("device labels: {error}")))
 }
 
 fn encode_histogram(snapshot: &HistogramSnapshot) -> Vec<u8> {
@@ -76,8 +65,7 @@ fn encode_histogram(snapshot: &HistogramSnapshot) -> Vec<u8> {
 }
 
 fn decode_histogram(bytes: &[u8]) -> StoreResult<HistogramSnapshot> {
-    postcard::from_bytes(bytes)
-        .map_err(|error| StoreError::Corrupt(format!("latency histogram: {error}")))
+    postcard::from_bytes(bytes).map_err(|error| StoreError::Corrupt(format!("latency histogram: {error}")))
 }
 
 fn target_columns(target: &DeploymentTarget) -> (&'static str, String) {
@@ -93,17 +81,13 @@ fn parse_target(kind: &str, text: &str) -> StoreResult<DeploymentTarget> {
         "selector" => Selector::parse(text)
             .map(DeploymentTarget::Selector)
             .map_err(|error| StoreError::Corrupt(format!("deployment selector: {error}"))),
-        other => Err(StoreError::Corrupt(format!(
-            "deployment target kind `{other}`"
-        ))),
+        other => Err(StoreError::Corrupt(format!("deployment target kind `{other}`"))),
     }
 }
 
 fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
     match &error {
-        sqlx::Error::Database(database_error) if database_error.is_unique_violation() => {
-            StoreError::Conflict(what())
-        }
+        sqlx::Error::Database(database_error) if database_error.is_unique_violation() => StoreError::Conflict(what()),
         _ => StoreError::Database(error),
     }
 }

@@ -81,7 +81,8 @@ async fn devices_report_change_labels_and_go_offline() {
         assert_eq!(store.apply_reported(&update("d1", &[("site", "a")], 2)).await.unwrap(), DeviceChange::Unchanged, "{backend}");
         assert_eq!(store.apply_reported(&update("d1", &[("site", "b")], 3)).await.unwrap(), DeviceChange::Relabelled, "{backend}");
         store.mark_offline("d1", 4).await.unwrap();
-        let vitals = DeviceVitals { cpu_percent: 12.5, memory_used_bytes: 1 << 40, uptime_s: 9, last_heartbeat_ms: 5, ..DeviceVitals::default() };
+        let vitals =
+            DeviceVitals { cpu_percent: 12.5, memory_used_bytes: 1 << 40, uptime_s: 9, last_heartbeat_ms: 5, ..DeviceVitals::default() };
         store.record_vitals("d1", &vitals).await.unwrap();
         let device = store.get_device("d1").await.unwrap().unwrap();
         assert!(!device.online, "{backend}");
@@ -129,7 +130,10 @@ async fn deployments_desired_states_windows_and_tokens_round_trip() {
         let second = store.insert_deployment("m", 1, &DeploymentTarget::Device("d1".into()), 2).await.unwrap();
         assert!(second > first, "{backend}");
         let deployments = store.list_deployments().await.unwrap();
-        assert_eq!(deployments.iter().map(|deployment| deployment.target.clone()).collect::<Vec<_>>(), [selector, DeploymentTarget::Device("d1".into())]);
+        assert_eq!(
+            deployments.iter().map(|deployment| deployment.target.clone()).collect::<Vec<_>>(),
+            [selector, DeploymentTarget::Device("d1".into())]
+        );
 
         let mut desired = DesiredRecord {
             device_id: "d1".into(),

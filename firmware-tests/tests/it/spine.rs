@@ -1,15 +1,9 @@
 //! The spine end to end: push, deploy by selector, serve, roll a second version, late joiners.
 
-use fleetml_firmware_tests::{
-    Agent, AgentOptions, Plane, PlaneOptions, TIMEOUT, demo_models, features_request, test_dir,
-    wait_for,
-};
+use fleetml_firmware_tests::{Agent, AgentOptions, Plane, PlaneOptions, TIMEOUT, demo_models, features_request, test_dir, wait_for};
 
 fn labels(site: &str) -> AgentOptions {
-    AgentOptions {
-        labels: vec![("site".into(), site.into())],
-        ..AgentOptions::default()
-    }
+    AgentOptions { labels: vec![("site".into(), site.into())], ..AgentOptions::default() }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,25 +14,15 @@ async fn selector_deploy_serves_v1_then_v2_and_reaches_a_device_that_joins_later
     let north_2 = Agent::start(&plane, "north-2", labels("north")).await;
     let south_1 = Agent::start(&plane, "south-1", labels("south")).await;
     wait_for("three devices online", TIMEOUT, || async {
-        (plane
-            .devices()
-            .await
-            .iter()
-            .filter(|device| device.online)
-            .count()
-            == 3)
-            .then_some(())
+        (plane.devices().await.iter().filter(|device| device.online).count() == 3).then_some(())
     })
     .await;
 
     let (v1_onnx, v2_onnx) = demo_models();
     let v1 = plane.push_ok("classifier", v1_onnx).await;
     assert_eq!(v1, 1, "versions start at 1");
-    let deployment = plane
-        .deploy("classifier", v1, ("selector", "site=north"))
-        .await;
-    let mut matched: Vec<String> =
-        serde_json::from_value(deployment["matched_devices"].clone()).unwrap();
+    let deployment = plane.deploy("classifier", v1, ("selector", "site=north")).await;
+    let mut matched: Vec<String> = serde_json::from_value(deployment["matched_devices"].clone()).unwrap();
     matched.sort();
     assert_eq!(matched, ["north-1", "north-2"]);
     for agent in [&north_1, &north_2] {
@@ -48,59 +32,33 @@ async fn selector_deploy_serves_v1_then_v2_and_reaches_a_device_that_joins_later
     let (status, answer) = north_1.infer("classifier", &request).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["model_version"], "1");
-    let probabilities = answer["outputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|output| output["name"] == "probabilities")
-        .unwrap();
+    let probabilities = answer["outputs"].as_array().unwrap().iter().find(|output| output["name"] == "probabilities").unwrap();
     assert_eq!(probabilities["shape"], serde_json::json!([2, 3]));
-    let row_sum: f64 = probabilities["data"].as_array().unwrap()[..3]
-        .iter()
-        .map(|value| value.as_f64().unwrap())
-        .sum();
-    assert!(
-        (row_sum - 1.0).abs() < 1e-5,
-        "softmax rows sum to 1, got {row_sum}"
-    );
+    let row_sum: f64 = probabilities["data"].as_array().unwrap()[..3].iter().map(|value| value.as_f64().unwrap()).sum();
+    assert!((row_sum - 1.0).abs() < 1e-5, "softmax rows sum to 1, got {row_sum}");
     // The south device is not targeted: it has no such model.
     assert_eq!(south_1.infer("classifier", &request).await.0, 404);
     assert!(plane.slot("south-1", "classifier").await.is_none());
 
     let v2 = plane.push_ok("classifier", v2_onnx).await;
     assert_eq!(v2, 2);
-    plane
-        .deploy("classifier", v2, ("selector", "site=north"))
-        .await;
+    plane.deploy("classifier", v2, ("selector", "site=north")).await;
     for agent in [&north_1, &north_2] {
         plane.wait_active(&agent.device_id, "classifier", v2).await;
         let (status, answer) = agent.infer("classifier", &request).await;
-        assert_eq!(
-            (status, answer["model_version"].as_str()),
-            (200, Some("2")),
-            "{answer}"
-        );
+        assert_eq!((status, answer["model_version"].as_str()), (200, Some("2")), "{answer}");
         let slot = plane.slot(&agent.device_id, "classifier").await.unwrap();
-        assert_eq!(
-            slot.previous_version,
-            Some(1),
-            "the previous model is kept for rollback"
-        );
+        assert_eq!(slot.previous_version, Some(1), "the previous model is kept for rollback");
     }
 
     // A standing assignment: a device that joins later receives the current version.
     let north_3 = Agent::start(&plane, "north-3", labels("north")).await;
     plane.wait_active("north-3", "classifier", v2).await;
-    assert_eq!(
-        north_3.infer("classifier", &request).await.1["model_version"],
-        "2"
-    );
+    assert_eq!(north_3.infer("classifier", &request).await.1["model_version"], "2");
 
     // Heartbeats carry per-version figures the plane merges.
     let stats = wait_for("inference figures from the devices", TIMEOUT, || async {
-        let (_, stats) = plane
-            .get("/api/v1/models/classifier/versions/2/stats")
-            .await;
+        let (_, stats) = plane.get("/api/v1/models/classifier/versions/2/stats").await;
         (stats["requests"].as_i64() >= Some(3)).then_some(stats)
     })
     .await;
@@ -119,36 +77,13 @@ async fn a_killed_agent_is_marked_offline_by_its_last_will_and_serves_again_afte
     plane.wait_active("edge-1", "classifier", v1).await;
 
     agent.process.kill();
-    wait_for("edge-1 offline", TIMEOUT, || async {
-        plane
-            .device("edge-1")
-            .await
-            .filter(|device| !device.online)
-            .map(|_| ())
-    })
-    .await;
+    wait_for("edge-1 offline", TIMEOUT, || async { plane.device("edge-1").await.filter(|device| !device.online).map(|_| ()) }).await;
 
     // Restarted on the same state folder: the model is restored from disk, no new transfer.
     let fetches_before = plane.status().await["fetch_requests"].as_u64().unwrap();
     let agent = Agent::start(&plane, "edge-1", labels("north")).await;
-    let (status, answer) = agent
-        .infer("classifier", &features_request(&[[0.0; 4]]))
-        .await;
-    assert_eq!(
-        (status, answer["model_version"].as_str()),
-        (200, Some("1")),
-        "{answer}"
-    );
-    wait_for("edge-1 online", TIMEOUT, || async {
-        plane
-            .device("edge-1")
-            .await
-            .filter(|device| device.online)
-            .map(|_| ())
-    })
-    .await;
-    assert_eq!(
-        plane.status().await["fetch_requests"].as_u64().unwrap(),
-        fetches_before
-    );
+    let (status, answer) = agent.infer("classifier", &features_request(&[[0.0; 4]])).await;
+    assert_eq!((status, answer["model_version"].as_str()), (200, Some("1")), "{answer}");
+    wait_for("edge-1 online", TIMEOUT, || async { plane.device("edge-1").await.filter(|device| device.online).map(|_| ()) }).await;
+    assert_eq!(plane.status().await["fetch_requests"].as_u64().unwrap(), fetches_before);
 }
