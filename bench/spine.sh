@@ -2,7 +2,7 @@
 # bench/spine.sh: the figures of docs/benchmarks.md, section "Spine (issue: signed ONNX bundles
 # over MQTT)". Self-contained and re-runnable; prints every figure as it goes.
 #
-# usage: bash bench/spine.sh [all|size|memory|rps|bounds|demo]...   (default: all)
+# usage: bash bench/spine.sh [all|size|memory|rps|bounds|demo|converge]...   (default: all)
 #   size    stripped size of the dist agent (and of the release agent, stripped here for comparison)
 #   memory  agent VmRSS: idle without a model, idle with the digits MLP, after N_REQUESTS inferences
 #           (release binary, then the dist binary)
@@ -10,9 +10,17 @@
 #           wrk pinned to core 1, alternated RUNS times in the same run
 #   bounds  what bounds req/s: GET /v2/health/live (HTTP stack alone) and batch 64, side by side
 #   demo    `fleetml demo --once` DEMO_RUNS times: time for the 20-device fleet to converge on v1, v2
+#           (the demo polls every 200 ms, so its figure is a multiple of that poll)
+#   converge the same rollout timed from the plane's records instead of a poll: a plane, one
+#           `fleetml-agent sim --count 20` process, the digits MLP pushed and deployed DEMO_RUNS+1
+#           times; each figure is the last device's install-result time minus the deployment's
+#           creation time (both in ms, same machine clock)
 #
 # environment (defaults):
-#   CARGO_TARGET_DIR=/work/bench-target  BUILD=1 (0: use the binaries as they are)
+#   CARGO_TARGET_DIR=/work/bench-target
+#   BUILD=1 (0: use the binaries as they are)  SOURCE=commit (build a clean `git archive` of COMMIT
+#   in BENCH_SRC_DIR, so uncommitted edits in the work tree are not measured; SOURCE=worktree
+#   builds the work tree as it is)  COMMIT=HEAD  BENCH_SRC_DIR=/work/bench-src
 #   RUNS=3 DURATION=10s WARMUP=2s  BOUNDS_DURATION=5s  N_REQUESTS=10000  DEMO_RUNS=3
 #   PEER_PYTHON=/work/venv-peers/bin/python  PEER_SCRIPT=/work/shared/peers/fastapi_oip.py
 #   KEEP_WORK=1 keeps the temporary folder (logs of every process) after the run.
@@ -22,6 +30,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-/work/bench-target}
 export CARGO_TARGET_DIR=$TARGET
 BUILD=${BUILD:-1}
+SOURCE=${SOURCE:-commit}
+COMMIT=${COMMIT:-HEAD}
+BENCH_SRC_DIR=${BENCH_SRC_DIR:-/work/bench-src}
+SIM_DEVICES=${SIM_DEVICES:-20}
 RUNS=${RUNS:-3}
 DURATION=${DURATION:-10s}
 WARMUP=${WARMUP:-2s}
@@ -281,12 +293,47 @@ machine_info() {
 
 build() {
     section "build (CARGO_TARGET_DIR=$TARGET)"
+    local stamp=$TARGET/spine-build-source.txt
     if [[ $BUILD == 1 ]]; then
-        (cd "$ROOT" && cargo build --release -p fleetml-plane -p fleetml-agent --bins) || die "release build"
-        (cd "$ROOT" && cargo build --profile dist -p fleetml-agent) || die "dist build"
+        local src key description
+        if [[ $SOURCE == commit ]]; then
+            local sha
+            sha=$(git -C "$ROOT" rev-parse "$COMMIT^{commit}") || die "no commit $COMMIT"
+            src=$BENCH_SRC_DIR/$sha
+            if [[ ! -f $src/Cargo.toml ]]; then
+                rm -rf "$src.partial"
+                mkdir -p "$src.partial"
+                git -C "$ROOT" archive "$sha" | tar -x -C "$src.partial" || die "git archive $sha"
+                mv "$src.partial" "$src"
+            fi
+            key=$sha
+            description="commit $sha (clean git archive in $src)"
+        elif [[ $SOURCE == worktree ]]; then
+            src=$ROOT
+            key=worktree
+            local dirty
+            dirty=$(git -C "$ROOT" status --short --untracked-files=no | tr '\n' ' ')
+            description="work tree $ROOT at $(git -C "$ROOT" rev-parse HEAD) with changes: ${dirty:-none}"
+        else
+            die "SOURCE must be commit or worktree"
+        fi
+        # Cargo decides freshness from file times, and a git archive carries the commit's times:
+        # when the last build here came from another source, drop the workspace crates' artifacts
+        # so that nothing stale is measured (dependencies stay built).
+        if [[ $(head -n 1 "$stamp" 2>/dev/null | cut -f1) != "$key" ]]; then
+            log "last build here came from another source: cleaning the workspace crates' artifacts"
+            (cd "$src" && cargo clean -p fleetml-shared -p fleetml-agent -p fleetml-plane --release &&
+                cargo clean -p fleetml-shared -p fleetml-agent --profile dist) || die "cargo clean"
+        fi
+        rm -f "$stamp"
+        log "building $description"
+        (cd "$src" && cargo build --release -p fleetml-plane -p fleetml-agent --bins) || die "release build"
+        (cd "$src" && cargo build --profile dist -p fleetml-agent) || die "dist build"
+        printf '%s\t%s, built %s\n' "$key" "$description" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >"$stamp"
     else
         log "BUILD=0: using the binaries as they are"
     fi
+    log "MEASURED: $(cut -f2 "$stamp" 2>/dev/null || echo 'binaries of unknown source (no stamp)')"
     local bin
     for bin in "$FLEETML" "$AGENT_RELEASE" "$AGENT_DIST"; do
         [[ -x $bin ]] || die "$bin missing (run with BUILD=1)"
@@ -456,6 +503,59 @@ figure_demo() {
     log "DEMO median: v1 converged in $(median "${v1[@]}") s, v2 in $(median "${v2[@]}") s (20 simulated agents in one process)"
 }
 
+# deploy_and_time VERSION: deploys digits@VERSION to the simulated fleet; sets CONVERGE_MS.
+deploy_and_time() {
+    local version=$1 created
+    "$FLEETML" deploy "$MODEL@$version" --selector fleet=bench --wait --timeout-s 120 --json >"$WORK/deploy-sim-$version.json" 2>"$WORK/deploy-sim-$version.err" ||
+        die "deploy $MODEL@$version to the simulated fleet: $(cat "$WORK/deploy-sim-$version.json" "$WORK/deploy-sim-$version.err")"
+    created=$(jq -r '.deployment.created_ms' "$WORK/deploy-sim-$version.json")
+    local converged failed pending
+    converged=$(jq '.outcome.converged | length' "$WORK/deploy-sim-$version.json")
+    failed=$(jq '.outcome.failed | length' "$WORK/deploy-sim-$version.json")
+    pending=$(jq '.outcome.pending | length' "$WORK/deploy-sim-$version.json")
+    [[ $converged == "$SIM_DEVICES" && $failed == 0 && $pending == 0 ]] ||
+        die "v$version: $converged converged, $failed failed, $pending pending"
+    "$FLEETML" devices --json >"$WORK/devices-$version.json"
+    local stats
+    stats=$(jq -r --arg model "$MODEL" --argjson version "$version" --argjson created "$created" '
+        [.[] | select(.labels.fleet == "bench") | .slots[] | select(.model == $model)
+             | .last_result | select(.version == $version and .ok) | .at_ms - $created] | sort
+        | "\(length) \(.[0]) \(.[(length / 2 | floor)]) \(.[-1])"' "$WORK/devices-$version.json")
+    local n first mid last
+    read -r n first mid last <<<"$stats"
+    [[ $n == "$SIM_DEVICES" ]] || die "v$version: install results for $n of $SIM_DEVICES devices"
+    CONVERGE_MS=$last
+    log "$(printf 'CONVERGE v%d: %d devices installed; first %d ms, median %d ms, last %d ms after the deployment was created' "$version" "$n" "$first" "$mid" "$last")"
+}
+
+figure_converge() {
+    section "4b. rollout convergence from the plane's records: $SIM_DEVICES simulated agents (one process), digits MLP"
+    start_plane
+    start_bg sim "$AGENT_RELEASE" sim --count "$SIM_DEVICES" --id-prefix bench-sim- --mqtt-url "$MQTT_URL" \
+        --state-dir "$WORK/state-sim" --trusted-key "$WORK/keys/signing.pub" --label fleet=bench --http 127.0.0.1:0
+    log "sim: $(wait_line sim 'simulated fleet of' 30)"
+    local online
+    for _ in $(seq 300); do
+        online=$("$FLEETML" devices --json | jq '[.[] | select(.labels.fleet == "bench" and .online)] | length')
+        [[ $online == "$SIM_DEVICES" ]] && break
+        sleep 0.1
+    done
+    [[ $online == "$SIM_DEVICES" ]] || die "only $online of $SIM_DEVICES simulated devices online"
+    local first=() later=() round version
+    for round in $(seq 0 "$DEMO_RUNS"); do
+        if [[ $round == 0 ]]; then
+            version=$MODEL_VERSION
+        else
+            version=$("$FLEETML" model push "$MODEL" "$MODEL_ONNX" --description "spine round $round" 2>"$WORK/push-$round.err") ||
+                die "push round $round: $(cat "$WORK/push-$round.err")"
+        fi
+        deploy_and_time "$version"
+        if [[ $round == 0 ]]; then first+=("$CONVERGE_MS"); else later+=("$CONVERGE_MS"); fi
+    done
+    log "CONVERGE first install (no model before): ${first[0]} ms; upgrades (median of $DEMO_RUNS): $(median "${later[@]}") ms"
+    stop_bg sim
+}
+
 # ---------------------------------------------------------------------------------------------
 
 main() {
@@ -464,8 +564,8 @@ main() {
     local command
     for command in "${commands[@]}"; do
         case $command in
-        all | size | memory | rps | bounds | demo) ;;
-        *) die "unknown sub-command \`$command\` (all|size|memory|rps|bounds|demo)" ;;
+        all | size | memory | rps | bounds | demo | converge) ;;
+        *) die "unknown sub-command \`$command\` (all|size|memory|rps|bounds|demo|converge)" ;;
         esac
     done
     for tool in wrk taskset curl jq python3 "$PEER_PYTHON"; do
@@ -483,6 +583,7 @@ main() {
             figure_bounds
             stop_bg bench-pinned
             stop_bg peer
+            figure_converge
             stop_bg plane
             figure_demo
             ;;
@@ -491,6 +592,7 @@ main() {
         rps) figure_rps ;;
         bounds) figure_bounds ;;
         demo) figure_demo ;;
+        converge) figure_converge ;;
         esac
     done
     section "done"

@@ -347,7 +347,11 @@ impl Reconciler {
             tracing::info!(%model, version, resumed_chunks = transfer.resumed_chunks, "resuming a transfer from disk");
         }
         let slot = self.slots.entry(model.to_string()).or_default();
-        slot.phase = SlotPhase::Fetching { received_bytes: transfer.received_bytes(), total_bytes: transfer.total_bytes() };
+        slot.phase = SlotPhase::Fetching {
+            received_bytes: transfer.received_bytes(),
+            total_bytes: transfer.total_bytes(),
+            attempts: transfer.n_requests,
+        };
         if transfer.is_complete() {
             return self.complete_transfer(model, generation, transfer).await;
         }
@@ -365,11 +369,19 @@ impl Reconciler {
         };
         let request = FetchRequest { device_id: self.config.device_id.clone(), digest: verified.digest, missing: transfer.missing() };
         transfer.n_requests += 1;
-        transfer.next_request_at = Instant::now() + transfer.backoff;
         if transfer.n_requests > 1 {
             tracing::info!(%model, attempt = transfer.n_requests, missing = request.missing.len(), "transfer stalled; asking again");
+            // Each retry waits twice as long as the one before, up to the maximum.
             transfer.backoff = (transfer.backoff * 2).min(self.config.transfer.max_backoff);
         }
+        transfer.next_request_at = Instant::now() + transfer.backoff;
+        let phase = SlotPhase::Fetching {
+            received_bytes: transfer.received_bytes(),
+            total_bytes: transfer.total_bytes(),
+            attempts: transfer.n_requests,
+        };
+        slot.phase = phase;
+        self.report_pending = true;
         self.link.publish(self.topics.fetch(&self.config.device_id), false, protocol::encode(&request)).await;
     }
 
@@ -392,7 +404,11 @@ impl Reconciler {
             Ok(ChunkOutcome::Stored) => {
                 transfer.backoff = self.config.transfer.stall_timeout;
                 transfer.next_request_at = Instant::now() + transfer.backoff;
-                slot.phase = SlotPhase::Fetching { received_bytes: transfer.received_bytes(), total_bytes: transfer.total_bytes() };
+                slot.phase = SlotPhase::Fetching {
+                    received_bytes: transfer.received_bytes(),
+                    total_bytes: transfer.total_bytes(),
+                    attempts: transfer.n_requests,
+                };
                 self.report_pending = true;
                 if transfer.is_complete() {
                     let Some(Target { work: TargetWork::Transferring(transfer), verified, .. }) = slot.target.take() else {

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used)]
 
+pub mod proxy;
+
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -346,7 +348,8 @@ pub fn fixture(name: &str) -> PathBuf {
 pub struct MqttProbe {
     pub client: rumqttc::AsyncClient,
     task: tokio::task::JoinHandle<()>,
-    pub received: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    /// (topic, payload, retained)
+    pub received: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>, bool)>,
 }
 
 impl MqttProbe {
@@ -367,7 +370,7 @@ impl MqttProbe {
                         }
                     }
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
-                        let _ = sender.send((publish.topic.clone(), publish.payload.to_vec()));
+                        let _ = sender.send((publish.topic.clone(), publish.payload.to_vec(), publish.retain));
                     }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -391,7 +394,7 @@ impl MqttProbe {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         loop {
             match tokio::time::timeout_at(deadline, self.received.recv()).await {
-                Ok(Some((received_topic, payload))) if received_topic == topic => return payload,
+                Ok(Some((received_topic, payload, _))) if received_topic == topic => return payload,
                 Ok(Some(_)) => continue,
                 _ => panic!("no message on {topic}"),
             }
@@ -407,4 +410,167 @@ impl Drop for MqttProbe {
 
 pub fn test_dir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("fleetml-it-").tempdir().unwrap()
+}
+
+/// Whether CI demands every service (then a missing one fails the test instead of skipping it).
+pub fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|value| value == "true")
+}
+
+fn unavailable(what: &str) {
+    if ci() {
+        panic!("CI=true but {what}");
+    }
+    eprintln!("SKIPPED: {what}");
+}
+
+/// The three setups the spine's end-to-end tests run on.
+#[derive(Clone, Copy, Debug)]
+pub enum Setup {
+    EmbeddedBrokerSqlite,
+    MosquittoSqlite,
+    EmbeddedBrokerPostgres,
+}
+
+impl Setup {
+    /// Plane options for this setup, or `None` (outside CI) when its service is missing.
+    pub async fn plane_options(self) -> Option<PlaneOptions> {
+        match self {
+            Setup::EmbeddedBrokerSqlite => Some(PlaneOptions::default()),
+            Setup::MosquittoSqlite => {
+                let url = shared_mosquitto_url().await?;
+                Some(PlaneOptions { mqtt_url: Some(url), ..PlaneOptions::default() })
+            }
+            Setup::EmbeddedBrokerPostgres => {
+                let url = fresh_postgres_database().await?;
+                Some(PlaneOptions { database_url: Some(url), ..PlaneOptions::default() })
+            }
+        }
+    }
+}
+
+/// The machine's Mosquitto (FLEETML_TEST_MQTT_URL, default mqtt://127.0.0.1:1883), if an MQTT
+/// broker answers there.
+pub async fn shared_mosquitto_url() -> Option<String> {
+    let url = std::env::var("FLEETML_TEST_MQTT_URL").unwrap_or_else(|_| "mqtt://127.0.0.1:1883".into());
+    if mqtt_answers(&url).await {
+        Some(url)
+    } else {
+        unavailable(&format!("no MQTT broker answers at {url} (start Mosquitto: `mosquitto -d`)"));
+        None
+    }
+}
+
+async fn mqtt_answers(url: &str) -> bool {
+    let Ok(address) = fleetml_shared::broker::BrokerAddress::parse(url) else { return false };
+    let options = rumqttc::MqttOptions::new(format!("fmtest-ping-{:08x}", fastrand::u32(..)), address.host, address.port);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 10);
+    let answered = tokio::time::timeout(Duration::from_secs(3), async {
+        matches!(eventloop.poll().await, Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))))
+    })
+    .await
+    .unwrap_or(false);
+    let _ = client.try_disconnect();
+    answered
+}
+
+/// A new, empty PostgreSQL database (FLEETML_TEST_POSTGRES_URL names the server's admin
+/// database, default postgres://postgres@127.0.0.1:5432/test).
+pub async fn fresh_postgres_database() -> Option<String> {
+    use sqlx::Connection;
+    let admin_url = std::env::var("FLEETML_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let mut connection = match sqlx::PgConnection::connect(&admin_url).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            unavailable(&format!("PostgreSQL at {admin_url} is not reachable: {error}"));
+            return None;
+        }
+    };
+    let name = format!("fleetml_it_{:016x}", fastrand::u64(..));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut connection).await.unwrap();
+    let base = admin_url.rsplit_once('/').map(|(base, _)| base.to_string()).unwrap_or(admin_url);
+    Some(format!("{base}/{name}"))
+}
+
+/// A Mosquitto of the test's own on a free port, for killing and restarting.
+pub struct PrivateMosquitto {
+    pub port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+}
+
+impl PrivateMosquitto {
+    /// `None` (outside CI) when Mosquitto is not installed.
+    pub async fn start(dir: &Path) -> Option<PrivateMosquitto> {
+        if Command::new("mosquitto").arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_err() {
+            unavailable("the mosquitto binary is not installed (apt-get install mosquitto)");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut broker = PrivateMosquitto { port, child: None, dir: dir.to_path_buf() };
+        broker.spawn().await;
+        Some(broker)
+    }
+
+    async fn spawn(&mut self) {
+        let config = self.dir.join("mosquitto.conf");
+        std::fs::write(&config, format!("listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n", self.port)).unwrap();
+        let log = std::fs::File::create(self.dir.join(format!("mosquitto-{}.log", self.port))).unwrap();
+        let child = Command::new("mosquitto").arg("-c").arg(&config).stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        self.child = Some(child);
+        let url = self.url();
+        wait_for("the private Mosquitto to answer", TIMEOUT, || async { mqtt_answers(&url).await.then_some(()) }).await;
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+
+    /// SIGKILL: everything in memory (retained messages, sessions) is lost.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for PrivateMosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+impl Plane {
+    /// Clears every retained message under this plane's topic root, so a shared broker keeps
+    /// nothing from the test.
+    pub async fn clear_retained(&self) {
+        let mut probe = MqttProbe::connect(&self.mqtt_url).await;
+        probe.subscribe(&format!("{}/#", self.topic_root)).await;
+        let mut topics = std::collections::BTreeSet::new();
+        // Retained messages arrive right after the subscription (live traffic may keep
+        // flowing): collect those flagged retained until none came for half a second.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut quiet_until = tokio::time::Instant::now() + Duration::from_millis(500);
+        while let Ok(Some((topic, payload, retained))) = tokio::time::timeout_at(quiet_until.min(deadline), probe.received.recv()).await {
+            if retained && !payload.is_empty() {
+                topics.insert(topic);
+                quiet_until = tokio::time::Instant::now() + Duration::from_millis(500);
+            }
+        }
+        for topic in topics {
+            probe.publish(&topic, true, Vec::new()).await;
+        }
+    }
+}
+
+/// A model of about `megabytes` MB (untrained weights), `features` FP32 [N, 256].
+pub fn big_model(megabytes: usize) -> Vec<u8> {
+    let hidden_units = megabytes * 1024 * 1024 / 4 / 256;
+    fleetml_plane::demo::classifier::Classifier::random(256, hidden_units.max(1), 99).to_onnx("big")
 }

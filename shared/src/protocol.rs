@@ -159,11 +159,19 @@ pub struct InstalledBundle {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum SlotPhase {
     Idle,
-    Fetching { received_bytes: u64, total_bytes: u64 },
+    /// `attempts`: fetch requests sent for this transfer; more than one means it stalled and was retried.
+    Fetching {
+        received_bytes: u64,
+        total_bytes: u64,
+        attempts: u32,
+    },
     Verifying,
     Installing,
     Active,
-    Failed { kind: FailureKind, reason: String },
+    Failed {
+        kind: FailureKind,
+        reason: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -273,6 +273,7 @@ async fn device_views(core: &PlaneCore) -> Result<Vec<DeviceView>, ApiError> {
                             phase: "pending".into(),
                             received_bytes: None,
                             total_bytes: None,
+                            fetch_attempts: None,
                             active_version: None,
                             previous_version: None,
                             target_version: None,

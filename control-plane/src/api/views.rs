@@ -17,6 +17,9 @@ pub struct SlotView {
     pub phase: String,
     pub received_bytes: Option<u64>,
     pub total_bytes: Option<u64>,
+    /// Fetch requests sent for the transfer in progress (more than one: it stalled and was retried).
+    #[serde(default)]
+    pub fetch_attempts: Option<u32>,
     pub active_version: Option<u64>,
     pub previous_version: Option<u64>,
     pub target_version: Option<u64>,
@@ -43,7 +46,7 @@ impl SlotView {
     pub fn from_report(report: &SlotReport) -> Self {
         let (phase, received_bytes, total_bytes) = match &report.phase {
             SlotPhase::Idle => ("idle", None, None),
-            SlotPhase::Fetching { received_bytes, total_bytes } => ("fetching", Some(*received_bytes), Some(*total_bytes)),
+            SlotPhase::Fetching { received_bytes, total_bytes, .. } => ("fetching", Some(*received_bytes), Some(*total_bytes)),
             SlotPhase::Verifying => ("verifying", None, None),
             SlotPhase::Installing => ("installing", None, None),
             SlotPhase::Active => ("active", None, None),
@@ -55,6 +58,10 @@ impl SlotView {
             phase: phase.to_string(),
             received_bytes,
             total_bytes,
+            fetch_attempts: match &report.phase {
+                SlotPhase::Fetching { attempts, .. } => Some(*attempts),
+                _ => None,
+            },
             active_version: report.active.map(|installed| installed.version),
             previous_version: report.previous.map(|installed| installed.version),
             target_version: report.target.map(|installed| installed.version),

@@ -81,6 +81,18 @@ fn softmax(logits: &[f32]) -> Vec<f32> {
 }
 
 impl Classifier {
+    /// An untrained model of any width: for transfer and load tests that need big bundles
+    /// (about 4 bytes per weight: `n_features * hidden_units`).
+    pub fn random(n_features: usize, hidden_units: usize, seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let hidden = Dense::new(n_features, hidden_units, &mut rng);
+        Classifier { hidden: Some(hidden), output: Dense::new(hidden_units, N_CLASSES, &mut rng) }
+    }
+
+    pub fn n_features(&self) -> usize {
+        self.hidden.as_ref().map(|hidden| hidden.n_in).unwrap_or(self.output.n_in)
+    }
+
     pub fn predict_proba(&self, row: &[f32]) -> Vec<f32> {
         match &self.hidden {
             Some(hidden) => {
@@ -198,7 +210,7 @@ impl Classifier {
                 name: graph_name.into(),
                 node: nodes,
                 initializer: initializers,
-                input: vec![value_info("features", 1, &[None, Some(N_FEATURES as i64)])],
+                input: vec![value_info("features", 1, &[None, Some(self.n_features() as i64)])],
                 output: vec![value_info("probabilities", 1, &[None, Some(N_CLASSES as i64)]), value_info("label", 7, &[None])],
                 ..Default::default()
             }),

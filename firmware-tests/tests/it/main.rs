@@ -5,3 +5,4 @@
 mod bad_input;
 mod models;
 mod spine;
+mod transfer;

@@ -1,15 +1,43 @@
 //! The spine end to end: push, deploy by selector, serve, roll a second version, late joiners.
 
-use fleetml_firmware_tests::{Agent, AgentOptions, Plane, PlaneOptions, TIMEOUT, demo_models, features_request, test_dir, wait_for};
+use fleetml_firmware_tests::{Agent, AgentOptions, Plane, Setup, TIMEOUT, demo_models, features_request, test_dir, wait_for};
 
 fn labels(site: &str) -> AgentOptions {
     AgentOptions { labels: vec![("site".into(), site.into())], ..AgentOptions::default() }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn selector_deploy_serves_v1_then_v2_and_reaches_a_device_that_joins_later() {
+/// Runs a scenario on each of the three setups: embedded broker + SQLite, the machine's
+/// Mosquitto + SQLite, embedded broker + PostgreSQL.
+macro_rules! on_every_setup {
+    ($scenario:ident) => {
+        mod $scenario {
+            use fleetml_firmware_tests::Setup;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded_broker_and_sqlite() {
+                super::$scenario(Setup::EmbeddedBrokerSqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mosquitto_and_sqlite() {
+                super::$scenario(Setup::MosquittoSqlite).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded_broker_and_postgres() {
+                super::$scenario(Setup::EmbeddedBrokerPostgres).await
+            }
+        }
+    };
+}
+
+on_every_setup!(selector_deploy_serves_v1_then_v2_and_reaches_a_device_that_joins_later);
+on_every_setup!(a_killed_agent_is_marked_offline_by_its_last_will_and_serves_again_after_restart);
+
+async fn selector_deploy_serves_v1_then_v2_and_reaches_a_device_that_joins_later(setup: Setup) {
+    let Some(options) = setup.plane_options().await else { return };
     let dir = test_dir();
-    let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
+    let plane = Plane::start(dir.path(), options).await;
     let north_1 = Agent::start(&plane, "north-1", labels("north")).await;
     let north_2 = Agent::start(&plane, "north-2", labels("north")).await;
     let south_1 = Agent::start(&plane, "south-1", labels("south")).await;
@@ -64,12 +92,13 @@ async fn selector_deploy_serves_v1_then_v2_and_reaches_a_device_that_joins_later
     .await;
     assert_eq!(stats["errors"], 0);
     assert!(stats["latency_p95_us"].as_f64().unwrap() > 0.0);
+    plane.clear_retained().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_agent_is_marked_offline_by_its_last_will_and_serves_again_after_restart() {
+async fn a_killed_agent_is_marked_offline_by_its_last_will_and_serves_again_after_restart(setup: Setup) {
+    let Some(options) = setup.plane_options().await else { return };
     let dir = test_dir();
-    let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
+    let plane = Plane::start(dir.path(), options).await;
     let mut agent = Agent::start(&plane, "edge-1", labels("north")).await;
     let (v1_onnx, _) = demo_models();
     let v1 = plane.push_ok("classifier", v1_onnx).await;
@@ -86,4 +115,5 @@ async fn a_killed_agent_is_marked_offline_by_its_last_will_and_serves_again_afte
     assert_eq!((status, answer["model_version"].as_str()), (200, Some("1")), "{answer}");
     wait_for("edge-1 online", TIMEOUT, || async { plane.device("edge-1").await.filter(|device| device.online).map(|_| ()) }).await;
     assert_eq!(plane.status().await["fetch_requests"].as_u64().unwrap(), fetches_before);
+    plane.clear_retained().await;
 }
