@@ -24,7 +24,13 @@ struct CachedBundle {
     payload: Vec<u8>,
 }
 
+/// A burst is published once requests for its bundle stop arriving for one coalescing window
+/// (devices told of a deployment one after another fetch a little apart), but never later
+/// than this many windows after its first request.
+const MAX_DELAY_WINDOWS: u32 = 20;
+
 struct PendingBurst {
+    first_request_at: Instant,
     due_at: Instant,
     chunks: BTreeSet<u32>,
 }
@@ -75,8 +81,12 @@ impl Distributor {
         self.core.counters.fetch_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let n_chunks = bundle.manifest.n_chunks();
         let window = self.core.coalesce_window;
-        let burst =
-            self.pending.entry(request.digest).or_insert_with(|| PendingBurst { due_at: Instant::now() + window, chunks: BTreeSet::new() });
+        let burst = self.pending.entry(request.digest).or_insert_with(|| PendingBurst {
+            first_request_at: Instant::now(),
+            due_at: Instant::now(),
+            chunks: BTreeSet::new(),
+        });
+        burst.due_at = (Instant::now() + window).min(burst.first_request_at + window * MAX_DELAY_WINDOWS);
         for range in &request.missing {
             burst.chunks.extend(range.start.min(n_chunks)..range.end.min(n_chunks));
         }

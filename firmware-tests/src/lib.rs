@@ -29,7 +29,9 @@ pub fn bin_dir() -> PathBuf {
         return PathBuf::from(dir);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    exe.parent().and_then(Path::parent).map(Path::to_path_buf).expect("target folder")
+    let exe_dir = exe.parent().expect("executable folder");
+    // A bench binary sits beside the binaries; a test binary one level down, in deps/.
+    if exe_dir.join("fleetml").exists() { exe_dir.to_path_buf() } else { exe_dir.parent().map(Path::to_path_buf).expect("target folder") }
 }
 
 pub fn binary(name: &str) -> PathBuf {
@@ -573,4 +575,54 @@ impl Plane {
 pub fn big_model(megabytes: usize) -> Vec<u8> {
     let hidden_units = megabytes * 1024 * 1024 / 4 / 256;
     fleetml_plane::demo::classifier::Classifier::random(256, hidden_units.max(1), 99).to_onnx("big")
+}
+
+/// A running `fleetml-agent sim`.
+pub struct Sim {
+    pub process: Process,
+    pub api: String,
+    pub device_ids: Vec<String>,
+}
+
+impl Sim {
+    pub async fn start(plane: &Plane, count: usize, id_prefix: &str, extra_args: &[&str]) -> Sim {
+        let mut command = Command::new(binary("fleetml-agent"));
+        command
+            .args(["sim", "--count", &count.to_string(), "--id-prefix", id_prefix, "--mqtt-url", &plane.mqtt_url])
+            .args(["--mqtt-topic-root", &plane.topic_root, "--http", "127.0.0.1:0", "--heartbeat-seconds", "1", "--inference-threads", "1"])
+            .arg("--state-dir")
+            .arg(plane.dir.join(format!("sim-{id_prefix}")))
+            .arg("--trusted-key")
+            .arg(&plane.public_key)
+            .args(extra_args);
+        let log_path = plane.dir.join(format!("sim-{id_prefix}.log"));
+        let (process, line) = Process::spawn(&format!("sim {id_prefix}"), command, log_path, "fleetml-agent: simulated fleet").unwrap();
+        let api = address_after(&line, "local API ").unwrap().replace("/devices/{device}/v2", "");
+        let device_ids = (0..count).map(|device_idx| format!("{id_prefix}{device_idx:04}")).collect();
+        Sim { process, api, device_ids }
+    }
+}
+
+impl Plane {
+    /// Waits until `n` devices are online.
+    pub async fn wait_online(&self, n: usize) {
+        wait_for(&format!("{n} devices online"), TIMEOUT, || async {
+            (self.devices().await.iter().filter(|device| device.online).count() >= n).then_some(())
+        })
+        .await
+    }
+
+    /// Waits until every listed device runs `model@version`.
+    pub async fn wait_all_active(&self, device_ids: &[String], model: &str, version: i64, timeout: Duration) {
+        wait_for(&format!("{} devices to run {model}@{version}", device_ids.len()), timeout, || async {
+            let devices = self.devices().await;
+            let n_active = devices
+                .iter()
+                .filter(|device| device_ids.contains(&device.device_id))
+                .filter(|device| device.slots.iter().any(|slot| slot.model == model && slot.active_version == Some(version as u64)))
+                .count();
+            (n_active == device_ids.len()).then_some(())
+        })
+        .await
+    }
 }

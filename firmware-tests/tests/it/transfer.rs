@@ -155,3 +155,20 @@ async fn after_a_broker_restart_agents_reconnect_and_the_fleet_converges() {
     plane.wait_active("a-3", "classifier", v2).await;
     assert_eq!(late.infer("classifier", &features_request(&[[0.1; 4]])).await.0, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_devices_fetching_one_bundle_cost_the_plane_about_one_copy() {
+    let dir = test_dir();
+    let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
+    let sim = fleetml_firmware_tests::Sim::start(&plane, 10, "fan-", &["--label", "fleet=fan"]).await;
+    plane.wait_online(10).await;
+    let onnx = big_model(2);
+    let bundle_bytes = onnx.len() as u64;
+    let version = plane.push_ok("big", onnx).await;
+    plane.deploy("big", version, ("selector", "fleet=fan")).await;
+    plane.wait_all_active(&sim.device_ids, "big", version, TIMEOUT).await;
+    let published = plane.status().await["chunk_bytes_published"].as_u64().unwrap();
+    let copies = published as f64 / bundle_bytes as f64;
+    assert!(copies >= 1.0, "every byte was published at least once ({copies:.2} copies)");
+    assert!(copies < 2.5, "coalesced: {copies:.2} copies of the bundle for 10 devices, not one each");
+}
