@@ -17,6 +17,7 @@ pub mod keys;
 pub mod mqtt;
 pub mod registry;
 pub mod store;
+pub mod tracking;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -99,14 +100,8 @@ impl PlaneCore {
 
     /// Registers the next version of `model`: checks it with tract, builds and signs the
     /// bundle, stores it. The CPU work runs off the reactor.
-    pub async fn push_model(
-        &self,
-        model: &str,
-        onnx: Vec<u8>,
-        description: String,
-        expires_in_days: Option<u64>,
-        latency_budget_ms: Option<u32>,
-    ) -> Result<PushResponse, ApiError> {
+    pub async fn push_model(&self, model: &str, onnx: Vec<u8>, push: PushOptions) -> Result<PushResponse, ApiError> {
+        let PushOptions { description, expires_in_days, latency_budget_ms, source, run_id } = push;
         let _guard = self.push_lock.lock().await;
         let version = self.store.latest_version(model).await?.unwrap_or(0) + 1;
         let expires_in_days = expires_in_days.unwrap_or(DEFAULT_EXPIRY_DAYS);
@@ -139,6 +134,8 @@ impl PlaneCore {
             onnx_sha256,
             onnx_bytes: onnx_len as i64,
             bundle_bytes: built.file_bytes.len() as i64,
+            source,
+            run_id,
         };
         let bundle = BundleRecord {
             digest: digest.to_hex(),
@@ -146,7 +143,9 @@ impl PlaneCore {
             version,
             signed_manifest: postcard::to_stdvec(&built.signed_manifest).map_err(|error| ApiError::Internal(error.to_string()))?,
         };
-        self.store.insert_version(&record, &bundle).await?;
+        self.store.insert_version(&record, Some(&bundle)).await?;
+        let now_ms = fleetml_shared::now_ms() as i64;
+        self.store.add_version_event(model, version, "registered", &format!("bundle {}", digest.short()), now_ms).await?;
         tracing::info!(%model, version, digest = %digest.short(), "model version registered");
         Ok(PushResponse {
             model: model.to_string(),
@@ -156,6 +155,47 @@ impl PlaneCore {
             self_test_ms: built.self_test_ms,
             bundle_bytes: built.file_bytes.len() as i64,
         })
+    }
+}
+
+/// What a push may say besides the model itself.
+#[derive(Clone, Debug, Default)]
+pub struct PushOptions {
+    pub description: String,
+    /// Days until devices refuse the bundle (default 365; 0: never).
+    pub expires_in_days: Option<u64>,
+    pub latency_budget_ms: Option<u32>,
+    /// Where the model came from (an artifact URI) and the run that made it, when known.
+    pub source: String,
+    pub run_id: String,
+}
+
+impl PlaneCore {
+    /// Registers a version that has no ONNX file (so no bundle): it can be tracked, not deployed.
+    pub async fn register_without_bundle(&self, model: &str, push: PushOptions) -> Result<i64, ApiError> {
+        let _guard = self.push_lock.lock().await;
+        let version = self.store.latest_version(model).await?.unwrap_or(0) + 1;
+        let now_ms = fleetml_shared::now_ms() as i64;
+        let record = ModelVersionRecord {
+            model: model.to_string(),
+            version,
+            digest: String::new(),
+            created_ms: now_ms,
+            description: push.description,
+            schema_json: "null".into(),
+            onnx_sha256: String::new(),
+            onnx_bytes: 0,
+            bundle_bytes: 0,
+            source: push.source,
+            run_id: push.run_id,
+        };
+        self.store.insert_version(&record, None).await?;
+        self.store.add_version_event(model, version, "registered", "no ONNX file among its artifacts: not deployable", now_ms).await?;
+        Ok(version)
+    }
+
+    pub fn artifact_root(&self) -> PathBuf {
+        self.data_dir.join("artifacts")
     }
 }
 

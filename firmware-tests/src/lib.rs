@@ -244,6 +244,14 @@ impl Plane {
         answer
     }
 
+    /// Deploys `model@alias`; returns the deployment.
+    pub async fn deploy_alias(&self, model: &str, alias: &str, target: (&str, &str)) -> Value {
+        let body = serde_json::json!({ "model": model, "alias": alias, target.0: target.1 });
+        let (status, answer) = self.post("/api/v1/deployments", &body).await;
+        assert_eq!(status, 201, "deploy failed: {answer}");
+        answer
+    }
+
     pub async fn devices(&self) -> Vec<DeviceView> {
         let (status, answer) = self.get("/api/v1/devices").await;
         assert_eq!(status, 200, "{answer}");

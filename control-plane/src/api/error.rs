@@ -42,6 +42,7 @@ impl IntoResponse for ApiError {
             ApiError::ModelRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "model_refused"),
             ApiError::Store(StoreError::NotFound(_)) => (StatusCode::NOT_FOUND, "not_found"),
             ApiError::Store(StoreError::Conflict(_)) => (StatusCode::CONFLICT, "conflict"),
+            ApiError::Store(StoreError::Invalid(_)) => (StatusCode::BAD_REQUEST, "bad_request"),
             ApiError::Store(StoreError::Database(_) | StoreError::Migrate(_) | StoreError::UnsupportedUrl(_) | StoreError::Corrupt(_))
             | ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         };

@@ -2,6 +2,7 @@
 //! Every `/api/v1` route but `health` and `signing-key` needs a bearer token.
 
 pub mod error;
+pub mod mlflow;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -44,11 +45,25 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
         .route("/devices/{device_id}", get(get_device))
         .route_layer(middleware::from_fn_with_state(core.clone(), require_token));
     let api = Router::new().route("/health", get(health)).route("/signing-key", get(signing_key)).merge(authenticated);
+    let mlflow = mlflow::router()
+        .layer(DefaultBodyLimit::max(MAX_MODEL_BYTES))
+        .route_layer(middleware::from_fn_with_state(core.clone(), mlflow::require_token));
     Router::new()
         .nest("/api/v1", api)
+        .merge(mlflow)
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(core)
+}
+
+/// Whether the request carries a bearer token the store knows.
+pub async fn authorized(core: &PlaneCore, headers: &HeaderMap) -> Result<bool, ApiError> {
+    let Some(token) =
+        headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "))
+    else {
+        return Ok(false);
+    };
+    Ok(core.store.token_exists(&token_hash(token.trim())).await?)
 }
 
 async fn require_token(State(core): State<Arc<PlaneCore>>, headers: HeaderMap, request: Request, next: Next) -> Result<Response, ApiError> {
@@ -109,9 +124,13 @@ async fn push_version(
     if body.is_empty() {
         return Err(ApiError::BadRequest("the request body must be the ONNX file".into()));
     }
-    let pushed = core
-        .push_model(&name, body.to_vec(), query.description.unwrap_or_default(), query.expires_in_days, query.latency_budget_ms)
-        .await?;
+    let push = crate::PushOptions {
+        description: query.description.unwrap_or_default(),
+        expires_in_days: query.expires_in_days,
+        latency_budget_ms: query.latency_budget_ms,
+        ..crate::PushOptions::default()
+    };
+    let pushed = core.push_model(&name, body.to_vec(), push).await?;
     Ok((StatusCode::CREATED, Json(pushed)))
 }
 
@@ -151,7 +170,15 @@ async fn get_version(
     let record = core.store.get_version(&name, version).await?.ok_or_else(|| ApiError::NotFound(format!("{name}@{version}")))?;
     let aliases =
         core.store.list_aliases(&name).await?.into_iter().filter(|(_, aliased)| *aliased == version).map(|(alias, _)| alias).collect();
-    Ok(Json(VersionView::from_record(&record, aliases)))
+    let mut view = VersionView::from_record(&record, aliases);
+    view.history = core
+        .store
+        .version_events(&name, version)
+        .await?
+        .into_iter()
+        .map(|event| views::VersionEventView { at_ms: event.at_ms, kind: event.kind, detail: event.detail })
+        .collect();
+    Ok(Json(view))
 }
 
 async fn download_bundle(State(core): State<Arc<PlaneCore>>, Path((name, version)): Path<(String, String)>) -> Result<Response, ApiError> {
@@ -223,7 +250,6 @@ async fn deploy(
             return Err(ApiError::BadRequest("give exactly one of `version` and `alias`".into()));
         }
     };
-    core.store.get_version(&request.model, version).await?.ok_or_else(|| ApiError::NotFound(format!("{}@{version}", request.model)))?;
     let target = match (request.device, request.selector) {
         (Some(device_id), None) if is_valid_name(&device_id) => DeploymentTarget::Device(device_id),
         (Some(device_id), None) => {
@@ -236,7 +262,33 @@ async fn deploy(
             return Err(ApiError::BadRequest("give exactly one of `device` and `selector`".into()));
         }
     };
-    let id = core.store.insert_deployment(&request.model, version, &target, fleetml_shared::now_ms() as i64).await?;
+    let version_record =
+        core.store.get_version(&request.model, version).await?.ok_or_else(|| ApiError::NotFound(format!("{}@{version}", request.model)))?;
+    if !version_record.is_deployable() {
+        return Err(ApiError::BadRequest(format!(
+            "{}@{version} has no signed bundle (no ONNX file among its artifacts), so it cannot be deployed",
+            request.model
+        )));
+    }
+    let now_ms = fleetml_shared::now_ms() as i64;
+    // Devices told a newer version now get this one with a signed rollback permission.
+    let newer_told = core
+        .store
+        .list_desired()
+        .await?
+        .iter()
+        .filter(|desired| desired.model == request.model && desired.version.is_some_and(|told| told > version))
+        .count();
+    let id = core.store.insert_deployment(&request.model, version, &target, now_ms).await?;
+    let target_text = match &target {
+        DeploymentTarget::Device(device_id) => format!("device {device_id}"),
+        DeploymentTarget::Selector(selector) => format!("selector `{selector}`"),
+    };
+    core.store.add_version_event(&request.model, version, "deployed", &format!("deployment {id} to {target_text}"), now_ms).await?;
+    if newer_told > 0 {
+        let detail = format!("deployment {id}: rollback from a newer version, signed rollback permission for up to {newer_told} devices");
+        core.store.add_version_event(&request.model, version, "rollback", &detail, now_ms).await?;
+    }
     let record = core
         .store
         .list_deployments()

@@ -145,6 +145,24 @@ pub struct VersionView {
     pub bundle_bytes: i64,
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// False for versions registered without an ONNX file (no bundle to deploy).
+    #[serde(default)]
+    pub deployable: bool,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub run_id: String,
+    /// Registered, alias moves, deployments (rollbacks marked): oldest first. Filled when one
+    /// version is asked for.
+    #[serde(default)]
+    pub history: Vec<VersionEventView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VersionEventView {
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: String,
 }
 
 impl VersionView {
@@ -160,6 +178,10 @@ impl VersionView {
             onnx_bytes: record.onnx_bytes,
             bundle_bytes: record.bundle_bytes,
             aliases,
+            deployable: record.is_deployable(),
+            source: record.source.clone(),
+            run_id: record.run_id.clone(),
+            history: Vec::new(),
         }
     }
 }

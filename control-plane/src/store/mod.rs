@@ -5,6 +5,7 @@
 mod sql;
 #[cfg(test)]
 pub(crate) mod tests;
+mod tracking_sql;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -29,6 +30,9 @@ pub enum StoreError {
     UnsupportedUrl(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A request the store's rules refuse (a parameter logged twice with another value, say).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -101,6 +105,16 @@ pub struct ModelVersionRecord {
     pub onnx_sha256: String,
     pub onnx_bytes: i64,
     pub bundle_bytes: i64,
+    /// Where the model came from (an artifact URI for versions registered through MLflow).
+    pub source: String,
+    pub run_id: String,
+}
+
+impl ModelVersionRecord {
+    /// A version is deployable when it has a signed bundle (its artifacts held an ONNX file).
+    pub fn is_deployable(&self) -> bool {
+        !self.digest.is_empty()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -153,7 +167,7 @@ pub struct InferenceWindow {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: TrackingStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     // devices
@@ -164,8 +178,8 @@ pub trait Store: Send + Sync + 'static {
     async fn get_device(&self, device_id: &str) -> StoreResult<Option<DeviceRecord>>;
 
     // registry
-    /// Stores a new version; fails with `Conflict` if the number is taken.
-    async fn insert_version(&self, version: &ModelVersionRecord, bundle: &BundleRecord) -> StoreResult<()>;
+    /// Stores a new version (with its bundle when deployable); `Conflict` if the number is taken.
+    async fn insert_version(&self, version: &ModelVersionRecord, bundle: Option<&BundleRecord>) -> StoreResult<()>;
     async fn latest_version(&self, model: &str) -> StoreResult<Option<i64>>;
     async fn get_version(&self, model: &str, version: i64) -> StoreResult<Option<ModelVersionRecord>>;
     async fn list_versions(&self, model: Option<&str>) -> StoreResult<Vec<ModelVersionRecord>>;
@@ -189,4 +203,143 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_token(&self, token_sha256: &str, name: &str, at_ms: i64) -> StoreResult<()>;
     async fn token_exists(&self, token_sha256: &str) -> StoreResult<bool>;
     async fn count_tokens(&self) -> StoreResult<i64>;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExperimentRecord {
+    pub experiment_id: i64,
+    pub name: String,
+    pub artifact_location: String,
+    pub lifecycle_stage: String,
+    pub creation_time: i64,
+    pub last_update_time: i64,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunStatus {
+    Running,
+    Scheduled,
+    Finished,
+    Failed,
+    Killed,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "RUNNING",
+            RunStatus::Scheduled => "SCHEDULED",
+            RunStatus::Finished => "FINISHED",
+            RunStatus::Failed => "FAILED",
+            RunStatus::Killed => "KILLED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "RUNNING" => RunStatus::Running,
+            "SCHEDULED" => RunStatus::Scheduled,
+            "FINISHED" => RunStatus::Finished,
+            "FAILED" => RunStatus::Failed,
+            "KILLED" => RunStatus::Killed,
+            _ => return None,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MetricPoint {
+    pub key: String,
+    pub value: f64,
+    pub timestamp: i64,
+    pub step: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub experiment_id: i64,
+    pub run_name: String,
+    pub user_id: String,
+    pub status: RunStatus,
+    pub start_time: i64,
+    pub end_time: Option<i64>,
+    pub lifecycle_stage: String,
+    pub artifact_uri: String,
+    pub params: Vec<(String, String)>,
+    pub tags: Vec<(String, String)>,
+    pub latest_metrics: Vec<MetricPoint>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct RunUpdate {
+    pub status: Option<RunStatus>,
+    pub end_time: Option<i64>,
+    pub run_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegisteredModelRecord {
+    pub name: String,
+    pub created_ms: i64,
+    pub last_updated_ms: i64,
+    pub description: String,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct VersionEvent {
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: String,
+}
+
+/// Experiment tracking and the registry's MLflow fields.
+#[async_trait]
+pub trait TrackingStore: Send + Sync + 'static {
+    /// `Conflict` if the name is taken. The artifact location defaults to `mlflow-artifacts:/<id>`.
+    async fn create_experiment(
+        &self,
+        name: &str,
+        artifact_location: Option<&str>,
+        tags: &[(String, String)],
+        now_ms: i64,
+    ) -> StoreResult<i64>;
+    async fn get_experiment(&self, experiment_id: i64) -> StoreResult<Option<ExperimentRecord>>;
+    async fn get_experiment_by_name(&self, name: &str) -> StoreResult<Option<ExperimentRecord>>;
+    async fn list_experiments(&self) -> StoreResult<Vec<ExperimentRecord>>;
+    async fn set_experiment_tag(&self, experiment_id: i64, key: &str, value: &str) -> StoreResult<()>;
+    async fn set_experiment_lifecycle(&self, experiment_id: i64, stage: &str, now_ms: i64) -> StoreResult<()>;
+
+    async fn create_run(&self, run: &RunRecord) -> StoreResult<()>;
+    async fn get_run(&self, run_id: &str) -> StoreResult<Option<RunRecord>>;
+    async fn update_run(&self, run_id: &str, update: &RunUpdate) -> StoreResult<()>;
+    async fn set_run_lifecycle(&self, run_id: &str, stage: &str) -> StoreResult<()>;
+    /// Runs of these experiments, newest first, with params, tags and latest metrics.
+    async fn list_runs(&self, experiment_ids: &[i64]) -> StoreResult<Vec<RunRecord>>;
+    /// One transaction: all of it is stored, or none. A parameter already logged with
+    /// another value is `Invalid`.
+    async fn log_batch(
+        &self,
+        run_id: &str,
+        metrics: &[MetricPoint],
+        params: &[(String, String)],
+        tags: &[(String, String)],
+    ) -> StoreResult<()>;
+    async fn metric_history(&self, run_id: &str, key: &str) -> StoreResult<Vec<MetricPoint>>;
+    async fn delete_run_tag(&self, run_id: &str, key: &str) -> StoreResult<()>;
+
+    /// `Conflict` if the model exists.
+    async fn create_registered_model(&self, name: &str, description: &str, tags: &[(String, String)], now_ms: i64) -> StoreResult<()>;
+    async fn get_registered_model(&self, name: &str) -> StoreResult<Option<RegisteredModelRecord>>;
+    async fn list_registered_models(&self) -> StoreResult<Vec<RegisteredModelRecord>>;
+    async fn update_registered_model(&self, name: &str, description: &str, now_ms: i64) -> StoreResult<()>;
+    async fn set_registered_model_tag(&self, name: &str, key: &str, value: &str) -> StoreResult<()>;
+    async fn set_model_version_tag(&self, name: &str, version: i64, key: &str, value: &str) -> StoreResult<()>;
+    async fn model_version_tags(&self, name: &str, version: i64) -> StoreResult<Vec<(String, String)>>;
+    async fn update_model_version_description(&self, name: &str, version: i64, description: &str) -> StoreResult<()>;
+    async fn delete_alias(&self, name: &str, alias: &str) -> StoreResult<bool>;
+    async fn add_version_event(&self, name: &str, version: i64, kind: &str, detail: &str, at_ms: i64) -> StoreResult<()>;
+    async fn version_events(&self, name: &str, version: i64) -> StoreResult<Vec<VersionEvent>>;
 }

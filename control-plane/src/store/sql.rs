@@ -19,11 +19,11 @@ use super::{
 };
 
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(super) pool: SqlitePool,
 }
 
 pub struct PostgresStore {
-    pool: PgPool,
+    pub(super) pool: PgPool,
 }
 
 impl SqliteStore {
@@ -130,6 +130,8 @@ macro_rules! row_to_version {
             onnx_sha256: row.try_get("onnx_sha256")?,
             onnx_bytes: row.try_get("onnx_bytes")?,
             bundle_bytes: row.try_get("bundle_bytes")?,
+            source: row.try_get("source")?,
+            run_id: row.try_get("run_id")?,
         }
     }};
 }
@@ -242,27 +244,29 @@ macro_rules! impl_store {
                 row.map(|row| Ok(row_to_device!(&row))).transpose()
             }
 
-            async fn insert_version(&self, version: &ModelVersionRecord, bundle: &BundleRecord) -> StoreResult<()> {
+            async fn insert_version(&self, version: &ModelVersionRecord, bundle: Option<&BundleRecord>) -> StoreResult<()> {
                 let mut transaction = self.pool.begin().await?;
                 sqlx::query("INSERT INTO models (name, created_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
                     .bind(&version.model)
                     .bind(version.created_ms)
                     .execute(&mut *transaction)
                     .await?;
+                if let Some(bundle) = bundle {
                 sqlx::query(
-                    "INSERT INTO bundles (digest, model, version, signed_manifest, created_ms) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (digest) DO NOTHING",
-                )
-                .bind(&bundle.digest)
-                .bind(&bundle.model)
-                .bind(bundle.version)
-                .bind(&bundle.signed_manifest)
-                .bind(version.created_ms)
-                .execute(&mut *transaction)
-                .await?;
+                        "INSERT INTO bundles (digest, model, version, signed_manifest, created_ms) VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (digest) DO NOTHING",
+                    )
+                    .bind(&bundle.digest)
+                    .bind(&bundle.model)
+                    .bind(bundle.version)
+                    .bind(&bundle.signed_manifest)
+                    .bind(version.created_ms)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
                 sqlx::query(
-                    "INSERT INTO model_versions (model, version, digest, created_ms, description, schema, onnx_sha256, onnx_bytes, bundle_bytes) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                    "INSERT INTO model_versions (model, version, digest, created_ms, description, schema, onnx_sha256, onnx_bytes, bundle_bytes, source, run_id) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
                 )
                 .bind(&version.model)
                 .bind(version.version)
@@ -273,6 +277,8 @@ macro_rules! impl_store {
                 .bind(&version.onnx_sha256)
                 .bind(version.onnx_bytes)
                 .bind(version.bundle_bytes)
+                .bind(&version.source)
+                .bind(&version.run_id)
                 .execute(&mut *transaction)
                 .await
                 .map_err(|error| conflict_or(error, || format!("version {} of model `{}` exists already", version.version, version.model)))?;

@@ -68,6 +68,8 @@ fn version(model: &str, number: i64) -> (ModelVersionRecord, BundleRecord) {
             onnx_sha256: "00".into(),
             onnx_bytes: 100,
             bundle_bytes: 200,
+            source: "mlflow-artifacts:/1/run/artifacts/model".into(),
+            run_id: "run".into(),
         },
         BundleRecord { digest, model: model.into(), version: number, signed_manifest: vec![1, 2, 3, number as u8] },
     )
@@ -103,10 +105,10 @@ async fn versions_are_unique_per_model_and_aliases_resolve() {
         assert_eq!(store.latest_version("m").await.unwrap(), None, "{backend}");
         for number in [1, 2] {
             let (record, bundle) = version("m", number);
-            store.insert_version(&record, &bundle).await.unwrap();
+            store.insert_version(&record, Some(&bundle)).await.unwrap();
         }
         let (duplicate, bundle) = version("m", 2);
-        assert!(matches!(store.insert_version(&duplicate, &bundle).await, Err(StoreError::Conflict(_))), "{backend}");
+        assert!(matches!(store.insert_version(&duplicate, Some(&bundle)).await, Err(StoreError::Conflict(_))), "{backend}");
         assert_eq!(store.latest_version("m").await.unwrap(), Some(2), "{backend}");
         assert_eq!(store.get_version("m", 1).await.unwrap().unwrap(), version("m", 1).0, "{backend}");
         assert_eq!(store.get_bundle("m-2-digest").await.unwrap().unwrap().signed_manifest, vec![1, 2, 3, 2], "{backend}");
@@ -124,7 +126,7 @@ async fn deployments_desired_states_windows_and_tokens_round_trip() {
     for (store, _dir) in stores().await {
         let backend = store.backend();
         let (record, bundle) = version("m", 1);
-        store.insert_version(&record, &bundle).await.unwrap();
+        store.insert_version(&record, Some(&bundle)).await.unwrap();
         let selector = DeploymentTarget::Selector(Selector::parse("site in (a,b),!gpu").unwrap());
         let first = store.insert_deployment("m", 1, &selector, 1).await.unwrap();
         let second = store.insert_deployment("m", 1, &DeploymentTarget::Device("d1".into()), 2).await.unwrap();
@@ -180,4 +182,70 @@ async fn deployments_desired_states_windows_and_tokens_round_trip() {
 #[tokio::test]
 async fn unsupported_database_urls_are_refused() {
     assert!(matches!(open("mysql://localhost/x").await, Err(StoreError::UnsupportedUrl(_))));
+}
+
+#[tokio::test]
+async fn runs_log_batches_atomically_and_keep_a_long_metric_history() {
+    for (store, _dir) in stores().await {
+        let backend = store.backend();
+        let experiment_id = store.create_experiment("exp", None, &[("team".into(), "a".into())], 1).await.unwrap();
+        assert!(matches!(store.create_experiment("exp", None, &[], 2).await, Err(StoreError::Conflict(_))), "{backend}");
+        let experiment = store.get_experiment_by_name("exp").await.unwrap().unwrap();
+        assert_eq!(experiment.artifact_location, format!("mlflow-artifacts:/{experiment_id}"), "{backend}");
+        assert_eq!(store.get_experiment(0).await.unwrap().unwrap().name, "Default", "{backend}");
+        let run = RunRecord {
+            run_id: "r1".into(),
+            experiment_id,
+            run_name: "first".into(),
+            user_id: "me".into(),
+            status: RunStatus::Running,
+            start_time: 10,
+            end_time: None,
+            lifecycle_stage: "active".into(),
+            artifact_uri: "mlflow-artifacts:/1/r1/artifacts".into(),
+            params: vec![],
+            tags: vec![("mlflow.runName".into(), "first".into())],
+            latest_metrics: vec![],
+        };
+        store.create_run(&run).await.unwrap();
+        let points: Vec<MetricPoint> = (0..100_000)
+            .map(|step| MetricPoint { key: "loss".into(), value: 1.0 / (step + 1) as f64, timestamp: 1_000 + step, step })
+            .collect();
+        for batch in points.chunks(1000) {
+            store.log_batch("r1", batch, &[], &[]).await.unwrap();
+        }
+        store
+            .log_batch(
+                "r1",
+                &[MetricPoint { key: "odd".into(), value: f64::NAN, timestamp: 5, step: 0 }],
+                &[("lr".into(), "0.1".into())],
+                &[],
+            )
+            .await
+            .unwrap();
+        // A batch with a conflicting parameter stores nothing at all.
+        let conflicting = store
+            .log_batch(
+                "r1",
+                &[MetricPoint { key: "extra".into(), value: 1.0, timestamp: 6, step: 0 }],
+                &[("lr".into(), "0.2".into())],
+                &[("t".into(), "v".into())],
+            )
+            .await;
+        assert!(matches!(conflicting, Err(StoreError::Invalid(_))), "{backend}");
+        let history = store.metric_history("r1", "loss").await.unwrap();
+        assert_eq!(history.len(), 100_000, "{backend}");
+        assert_eq!(history[99_999].step, 99_999);
+        let stored = store.get_run("r1").await.unwrap().unwrap();
+        assert_eq!(stored.params, vec![("lr".to_string(), "0.1".to_string())], "{backend}");
+        assert!(stored.latest_metrics.iter().all(|metric| metric.key != "extra"), "{backend}: the failed batch left nothing");
+        assert!(stored.tags.iter().all(|(key, _)| key != "t"), "{backend}");
+        let loss = stored.latest_metrics.iter().find(|metric| metric.key == "loss").unwrap();
+        assert_eq!((loss.step, loss.value), (99_999, 1.0 / 100_000.0), "{backend}");
+        assert!(stored.latest_metrics.iter().find(|metric| metric.key == "odd").unwrap().value.is_nan(), "{backend}");
+        store.update_run("r1", &RunUpdate { status: Some(RunStatus::Finished), end_time: Some(99), run_name: None }).await.unwrap();
+        assert_eq!(store.get_run("r1").await.unwrap().unwrap().status, RunStatus::Finished);
+        assert!(matches!(store.log_batch("nope", &[], &[], &[]).await, Err(StoreError::NotFound(_))), "{backend}");
+        assert_eq!(store.list_runs(&[experiment_id]).await.unwrap().len(), 1);
+    }
 }
