@@ -10,6 +10,7 @@ use fleetml_shared::signing::{PublicKey, SigningKeyPair, TrustedKeys};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::api::runs::{RunComparison, RunView};
 use crate::api::views::{DeployRequest, DeploymentView, DeviceView, PushResponse, VersionView};
 use crate::registry::{self, BundleOptions, DEFAULT_SELF_TEST_TOLERANCE};
 
@@ -52,6 +53,10 @@ impl Client {
 
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         self.send(self.request(reqwest::Method::GET, path)).await
+    }
+
+    pub async fn get_query<T: DeserializeOwned>(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<T> {
+        self.send(self.request(reqwest::Method::GET, path).query(query)).await
     }
 
     pub async fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> anyhow::Result<T> {
@@ -151,6 +156,46 @@ pub fn print_versions(versions: &[VersionView]) {
             version.aliases.join(","),
             version.description
         );
+    }
+}
+
+fn format_metric(value: Option<f64>) -> String {
+    value.map(|value| format!("{value:.6}").trim_end_matches('0').trim_end_matches('.').to_string()).unwrap_or_else(|| "-".into())
+}
+
+pub fn print_runs(runs: &[RunView]) {
+    println!("{:<34} {:<20} {:<9} {:>5}  METRICS", "RUN", "NAME", "STATUS", "EXP");
+    for run in runs {
+        let metrics: Vec<String> = run.metrics.iter().map(|(key, metric)| format!("{key}={}", format_metric(metric.value))).collect();
+        println!("{:<34} {:<20} {:<9} {:>5}  {}", run.run_id, run.run_name, run.status, run.experiment_id, metrics.join(" "));
+    }
+}
+
+pub fn print_run(run: &RunView) {
+    println!("run {} ({}) in experiment {}: {}", run.run_id, run.run_name, run.experiment_id, run.status);
+    println!("artifacts: {}", run.artifact_uri);
+    for (title, pairs) in [("params", &run.params), ("tags", &run.tags)] {
+        println!("{title}:");
+        for (key, value) in pairs {
+            println!("  {key} = {value}");
+        }
+    }
+    println!("metrics (latest):");
+    for (key, metric) in &run.metrics {
+        println!("  {key} = {} (step {})", format_metric(metric.value), metric.step);
+    }
+}
+
+pub fn print_comparison(comparison: &RunComparison) {
+    let header: Vec<String> = comparison.runs.iter().map(|run| format!("{:<16}", &run.run_name)).collect();
+    println!("{:<24} {}", "", header.join(" "));
+    for (key, values) in &comparison.params {
+        let cells: Vec<String> = values.iter().map(|value| format!("{:<16}", value.as_deref().unwrap_or("-"))).collect();
+        println!("{:<24} {}", format!("params.{key}"), cells.join(" "));
+    }
+    for (key, values) in &comparison.metrics {
+        let cells: Vec<String> = values.iter().map(|value| format!("{:<16}", format_metric(*value))).collect();
+        println!("{:<24} {}", format!("metrics.{key}"), cells.join(" "));
     }
 }
 

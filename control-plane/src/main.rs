@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fleetml_plane::api::runs::{RunComparison, RunView};
 use fleetml_plane::api::views::{AliasRequest, DeployRequest, VersionView};
 use fleetml_plane::cli::{self, Client};
 use fleetml_plane::config::{self, ConfigError, FileConfig, ServeArgs};
@@ -102,6 +103,11 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Experiment runs logged by the MLflow client or the API.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Offline bundle tools.
     Bundle {
         #[command(subcommand)]
@@ -144,6 +150,43 @@ enum ModelCommand {
         name: String,
         alias: String,
         version: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RunsCommand {
+    /// List runs, newest first (or by --order-by).
+    List {
+        /// Experiment name or id (default: all).
+        #[arg(long)]
+        experiment: Option<String>,
+        /// MLflow filter syntax, e.g. "metrics.acc > 0.9 and params.lr = '0.1'".
+        #[arg(long)]
+        filter: Option<String>,
+        /// e.g. "metrics.acc DESC".
+        #[arg(long)]
+        order_by: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// One run: status, params, tags, latest metrics.
+    Show {
+        run_id: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Runs side by side: every param and metric.
+    Compare {
+        #[arg(required = true, num_args = 2..)]
+        run_ids: Vec<String>,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -281,6 +324,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 cli::print_json(&deployment)?;
             }
         }
+        Command::Runs { command } => runs_command(command).await?,
         Command::Devices { json, client } => {
             let devices = client.client()?.devices().await?;
             if json { cli::print_json(&devices)? } else { cli::print_devices(&devices) }
@@ -301,6 +345,28 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn runs_command(command: RunsCommand) -> anyhow::Result<()> {
+    match command {
+        RunsCommand::List { experiment, filter, order_by, json, client } => {
+            let mut query: Vec<(&str, String)> = Vec::new();
+            query.extend(experiment.map(|value| ("experiment", value)));
+            query.extend(filter.map(|value| ("filter", value)));
+            query.extend(order_by.map(|value| ("order_by", value)));
+            let runs: Vec<RunView> = client.client()?.get_query("/api/v1/runs", &query).await?;
+            if json { cli::print_json(&runs)? } else { cli::print_runs(&runs) }
+        }
+        RunsCommand::Show { run_id, json, client } => {
+            let run: RunView = client.client()?.get(&format!("/api/v1/runs/{run_id}")).await?;
+            if json { cli::print_json(&run)? } else { cli::print_run(&run) }
+        }
+        RunsCommand::Compare { run_ids, json, client } => {
+            let comparison: RunComparison = client.client()?.get_query("/api/v1/runs/compare", &[("ids", run_ids.join(","))]).await?;
+            if json { cli::print_json(&comparison)? } else { cli::print_comparison(&comparison) }
+        }
+    }
+    Ok(())
 }
 
 async fn model_command(command: ModelCommand) -> anyhow::Result<()> {

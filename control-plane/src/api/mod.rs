@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod mlflow;
+pub mod runs;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -42,6 +43,11 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
         .route("/models/{name}/aliases/{alias}", put(set_alias))
         .route("/deployments", post(deploy).get(list_deployments))
         .route("/devices", get(list_devices))
+        .route("/experiments", get(runs::list_experiments))
+        .route("/runs", get(runs::list_runs))
+        .route("/runs/compare", get(runs::compare_runs))
+        .route("/runs/{run_id}", get(runs::get_run))
+        .route("/runs/{run_id}/metrics/{key}", get(runs::metric_history))
         .route("/devices/{device_id}", get(get_device))
         .route_layer(middleware::from_fn_with_state(core.clone(), require_token));
     let api = Router::new().route("/health", get(health)).route("/signing-key", get(signing_key)).merge(authenticated);

@@ -75,6 +75,27 @@ async fn the_mlflow_client_logs_registers_and_its_champion_deploys_and_answers_l
         assert!((got.as_f64().unwrap() - want).abs() <= 1e-5, "tract {got} vs onnxruntime {want}");
     }
 
+    // The same runs through the native CLI: list, show, compare.
+    let fleetml = |args: &[&str]| -> Value {
+        let output = Command::new(fleetml_firmware_tests::binary("fleetml"))
+            .args(args)
+            .args(["--json", "--server", &plane.api, "--token", &plane.token])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "fleetml {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice(&output.stdout).unwrap()
+    };
+    let runs = fleetml(&["runs", "list", "--order-by", "attributes.start_time DESC"]);
+    let run_ids: Vec<&str> = runs.as_array().unwrap().iter().map(|run| run["run_id"].as_str().unwrap()).collect();
+    let e2e_run = result["run_id"].as_str().unwrap();
+    assert!(run_ids.contains(&e2e_run), "{run_ids:?}");
+    let shown = fleetml(&["runs", "show", e2e_run]);
+    assert!(shown["metrics"]["accuracy"]["value"].as_f64().unwrap() > 0.9, "{shown}");
+    let other = run_ids.iter().find(|id| **id != e2e_run).unwrap();
+    let comparison = fleetml(&["runs", "compare", e2e_run, other]);
+    assert_eq!(comparison["runs"].as_array().unwrap().len(), 2);
+    assert_eq!(comparison["metrics"]["accuracy"].as_array().unwrap().len(), 2, "{comparison}");
+
     // The registry history shows the alias and the deployment.
     let (_, version_view) = plane.get(&format!("/api/v1/models/{model}/versions/{version}")).await;
     let kinds: Vec<&str> = version_view["history"].as_array().unwrap().iter().map(|event| event["kind"].as_str().unwrap()).collect();

@@ -117,3 +117,39 @@ async fn a_killed_agent_is_marked_offline_by_its_last_will_and_serves_again_afte
     assert_eq!(plane.status().await["fetch_requests"].as_u64().unwrap(), fetches_before);
     plane.clear_retained().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn moving_an_alias_back_and_deploying_it_rolls_the_fleet_back_with_a_signed_permission() {
+    let dir = test_dir();
+    let plane = Plane::start(dir.path(), fleetml_firmware_tests::PlaneOptions::default()).await;
+    let agents = [Agent::start(&plane, "r-1", labels("north")).await, Agent::start(&plane, "r-2", labels("north")).await];
+    let (v1_onnx, v2_onnx) = demo_models();
+    let v1 = plane.push_ok("classifier", v1_onnx).await;
+    let v2 = plane.push_ok("classifier", v2_onnx).await;
+    let set_alias = |version: i64| {
+        let http = plane.http.clone();
+        let url = format!("{}/api/v1/models/classifier/aliases/champion", plane.api);
+        let token = plane.token.clone();
+        async move {
+            let response = http.put(url).bearer_auth(token).json(&serde_json::json!({ "version": version })).send().await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+        }
+    };
+    set_alias(v2).await;
+    plane.deploy_alias("classifier", "champion", ("selector", "site=north")).await;
+    for agent in &agents {
+        plane.wait_active(&agent.device_id, "classifier", v2).await;
+    }
+    set_alias(v1).await;
+    plane.deploy_alias("classifier", "champion", ("selector", "site=north")).await;
+    for agent in &agents {
+        plane.wait_active(&agent.device_id, "classifier", v1).await;
+        assert_eq!(agent.infer("classifier", &features_request(&[[0.2; 4]])).await.1["model_version"], "1");
+        let slot = plane.slot(&agent.device_id, "classifier").await.unwrap();
+        assert_eq!(slot.previous_version, Some(2));
+        assert!(slot.last_result.unwrap().ok);
+    }
+    let (_, history) = plane.get("/api/v1/models/classifier/versions/1").await;
+    let kinds: Vec<&str> = history["history"].as_array().unwrap().iter().map(|event| event["kind"].as_str().unwrap()).collect();
+    assert!(kinds.contains(&"rollback"), "the rollback is recorded in the version's history: {kinds:?}");
+}
