@@ -16,6 +16,7 @@ pub mod ingest;
 pub mod keys;
 pub mod mqtt;
 pub mod registry;
+pub mod rollout;
 pub mod store;
 pub mod tracking;
 
