@@ -99,10 +99,15 @@ impl IntoResponse for ApiError {
 
 impl From<InferenceError> for ApiError {
     fn from(error: InferenceError) -> Self {
+        let message = error.to_string();
         match error {
-            _ if error.is_client_error() => ApiError::BadRequest(error.to_string()),
-            InferenceError::Overloaded | InferenceError::ShutDown => ApiError::Unavailable(error.to_string()),
-            other => ApiError::Internal(other.to_string()),
+            InferenceError::UnknownInput(_)
+            | InferenceError::MissingInput(_)
+            | InferenceError::WrongDatatype { .. }
+            | InferenceError::WrongShape { .. }
+            | InferenceError::WrongLength { .. } => ApiError::BadRequest(message),
+            InferenceError::Overloaded | InferenceError::ShutDown => ApiError::Unavailable(message),
+            InferenceError::Load(_) | InferenceError::Runtime(_) => ApiError::Internal(message),
         }
     }
 }

@@ -438,7 +438,11 @@ impl Reconciler {
 
     fn spawn_install(&mut self, model: &str, generation: u64, verified: VerifiedManifest, source: PayloadSource) {
         let slot = self.slots.entry(model.to_string()).or_default();
-        slot.phase = SlotPhase::Installing;
+        // A received payload is verified as a whole first; a held bundle only re-hashes its files.
+        slot.phase = match source {
+            PayloadSource::Transfer(_) => SlotPhase::Verifying,
+            PayloadSource::Held => SlotPhase::Installing,
+        };
         slot.target = Some(Target { generation, verified: verified.clone(), work: TargetWork::Installing });
         self.report_pending = true;
         let state_dir = self.state_dir.clone();

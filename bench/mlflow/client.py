@@ -24,6 +24,13 @@ if token:
 
     requests.Session.__init__ = _init_with_token
 
+# Import the client before the peer script does and say so on stdout, so measure.py can start its
+# first interval after the (slow, CPU-heavy) imports rather than at process start.
+import mlflow  # noqa: E402,F401
+from mlflow import MlflowClient  # noqa: E402,F401
+from mlflow.entities import Metric  # noqa: E402,F401
+
+print("#imported", flush=True)
 peer = sys.argv[1]
 sys.argv = [peer] + sys.argv[2:]
 runpy.run_path(peer, run_name="__main__")

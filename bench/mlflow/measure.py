@@ -5,8 +5,9 @@ usage: python measure.py --server-pid PID --tag TAG --round R --n N --uri URI --
                          --client-python PY --peer PEER_SCRIPT [--log FILE]
 
 The peer script prints one line as each test ends, so the interval between two lines (the first
-one: between the start of the script and its first line) is one test plus a little set-up
-(set_experiment/start_run or create_run, a few requests). Per interval we record:
+one: between client.py's "#imported" marker, printed once mlflow is imported, and the first
+JSON line) is one test plus a little set-up (set_experiment/start_run or create_run, a few
+requests). Per interval we record:
   interval_s      wall time of the interval
   server_cpu_pct  (utime+stime of every process under PID) / interval, in % of one core
   client_cpu_pct  the same for the Python client process
@@ -107,6 +108,9 @@ def main():
                 except FileNotFoundError:
                     c_now = c_prev
                 line = line.strip()
+                if line == "#imported":  # client imports done: the first test's interval starts here
+                    t_prev, s_prev, c_prev = now, s_now, c_now
+                    continue
                 if not line.startswith("{"):
                     print(line, file=log)
                     continue

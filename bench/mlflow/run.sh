@@ -17,12 +17,18 @@
 #
 # usage: bash bench/mlflow/run.sh
 # environment (defaults):
-#   N=2000 (the peer script's N: N log_metric calls fluent and client, N/4 log_batch 10, N/10
-#   log_batch 100, N/40 log_batch 1000, N/4 raw keep-alive POSTs, N/4 new-connection POSTs)
+#   N_FLEETML=2000 N_STOCK=400: the peer script's N for fleetml and for both stock servers (N
+#   log_metric calls fluent and client, N/4 log_batch 10, N/10 log_batch 100, N/40 log_batch
+#   1000, N/4 raw keep-alive POSTs, N/4 new-connection POSTs); each pass takes ~10-30 s here.
+#   The figures are rates, so a different N per server does not bias them (N is in each line).
 #   ROUNDS=3  SERVERS="fleetml mlflow-default mlflow-gunicorn"
 #   CARGO_TARGET_DIR=/work/bench-target  FLEETML=$CARGO_TARGET_DIR/release/fleetml
-#   BUILD=0 (1: build fleetml first with
-#     CARGO_TARGET_DIR=$CARGO_TARGET_DIR cargo build --release -p fleetml-plane --bin fleetml)
+#   BUILD=0 (1: build fleetml first: cargo build --release -p fleetml-plane --bin fleetml)
+#   SOURCE=commit (with BUILD=1: build a clean `git archive` of COMMIT extracted in
+#   BENCH_SRC_DIR/<sha>, so uncommitted edits in the work tree are not measured; SOURCE=worktree
+#   builds the work tree as it is)  COMMIT=HEAD  BENCH_SRC_DIR=/work/bench-src-mlflow
+#   The build writes what it built to $CARGO_TARGET_DIR/mlflow-bench-build-source.txt, which the
+#   header below prints.
 #   CLIENT_PYTHON=/work/venv-mlflow/bin/python  MLFLOW_SERVER=/work/venv-mlflow-server/bin/mlflow
 #   PEER=/work/shared/peers/mlflow_client_bench.py  TOKEN=bench-token-0123456789
 #   RESULTS=bench/results/mlflow-$(date +%F).jsonl  KEEP_WORK=0 (1: keep server logs and databases)
@@ -33,7 +39,12 @@ ROOT=$(cd "$HERE/../.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-/work/bench-target}
 FLEETML=${FLEETML:-$TARGET/release/fleetml}
 BUILD=${BUILD:-0}
-N=${N:-2000}
+SOURCE=${SOURCE:-commit}
+COMMIT=${COMMIT:-HEAD}
+BENCH_SRC_DIR=${BENCH_SRC_DIR:-/work/bench-src-mlflow}
+STAMP=$TARGET/mlflow-bench-build-source.txt
+N_FLEETML=${N_FLEETML:-2000}
+N_STOCK=${N_STOCK:-400}
 ROUNDS=${ROUNDS:-3}
 SERVERS=(${SERVERS:-fleetml mlflow-default mlflow-gunicorn})
 CLIENT_PYTHON=${CLIENT_PYTHON:-/work/venv-mlflow/bin/python}
@@ -44,7 +55,22 @@ RESULTS=${RESULTS:-$ROOT/bench/results/mlflow-$(date +%F).jsonl}
 KEEP_WORK=${KEEP_WORK:-0}
 
 if [[ $BUILD == 1 ]]; then
-    (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release -p fleetml-plane --bin fleetml)
+    if [[ $SOURCE == commit ]]; then
+        sha=$(git -C "$ROOT" rev-parse --short "$COMMIT")
+        src=$BENCH_SRC_DIR/$sha
+        if [[ ! -d $src ]]; then
+            rm -rf "$src.partial" && mkdir -p "$src.partial"
+            git -C "$ROOT" archive "$sha" | tar -x -C "$src.partial"
+            mv "$src.partial" "$src"
+        fi
+        description="commit $sha (clean git archive in $src)"
+    else
+        src=$ROOT
+        description="work tree $ROOT at $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD || echo ' + uncommitted edits')"
+    fi
+    echo "building fleetml from $description"
+    (cd "$src" && CARGO_TARGET_DIR=$TARGET cargo build --release -p fleetml-plane --bin fleetml)
+    echo "$description, built $(date -Is)" >"$STAMP"
 fi
 [[ -x $FLEETML ]] || { echo "no fleetml binary at $FLEETML (BUILD=1 builds it)" >&2; exit 1; }
 
@@ -134,14 +160,14 @@ stop_server() {
 
 echo "== MLflow client vs fleetml and stock MLflow server"
 echo "date:      $(date -Is)"
-echo "commit:    $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- . 2>/dev/null || echo ' (work tree has uncommitted edits)')"
-echo "fleetml:   $FLEETML (built $(date -r "$FLEETML" -Is))"
+echo "commit:    HEAD $(git -C "$ROOT" rev-parse --short HEAD)"
+echo "fleetml:   $FLEETML (binary dated $(date -r "$FLEETML" -Is)); $([[ -f $STAMP && $STAMP -nt $FLEETML ]] && cat "$STAMP" || echo 'source unknown (not built by BUILD=1)')"
 echo "cpu:       $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
 echo "kernel:    $(uname -r)"
 echo "loadavg:   $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
 echo "client:    $("$CLIENT_PYTHON" -c 'import mlflow, requests, sys; print(f"mlflow-skinny {mlflow.__version__}, requests {requests.__version__}, python {sys.version.split()[0]}")')"
 echo "server:    $("$MLFLOW_SERVER" --version 2>/dev/null | tail -1), gunicorn $("${MLFLOW_SERVER%/*}/python" -c 'import gunicorn; print(gunicorn.__version__)'), uvicorn $("${MLFLOW_SERVER%/*}/python" -c 'import uvicorn; print(uvicorn.__version__)')"
-echo "N=$N ROUNDS=$ROUNDS servers: ${SERVERS[*]}"
+echo "N_FLEETML=$N_FLEETML N_STOCK=$N_STOCK ROUNDS=$ROUNDS servers: ${SERVERS[*]}"
 echo "results:   $RESULTS"
 echo "work:      $WORK"
 mkdir -p "$(dirname "$RESULTS")"
@@ -157,11 +183,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
         dir=$WORK/r$round-$kind
         mkdir -p "$dir"
         port=$(free_port)
+        n=$N_STOCK; [[ $kind == fleetml ]] && n=$N_FLEETML
         start_server "$kind" "$dir" "$port"
         echo "  $kind up on :$port, pids ${SERVER_PIDS[*]} (${#SERVER_PIDS[@]} processes)"
         t0=$SECONDS
         MLFLOW_TRACKING_URI=http://127.0.0.1:$port \
-            python3 "$HERE/measure.py" --server-pid "$SERVER_PID" --tag "$kind" --round "$round" --n "$N" \
+            python3 "$HERE/measure.py" --server-pid "$SERVER_PID" --tag "$kind" --round "$round" --n "$n" \
             --uri "http://127.0.0.1:$port" --out "$RESULTS" --client-python "$CLIENT_PYTHON" --peer "$PEER" \
             --log "$dir/client.log" || failures=$((failures + 1))
         echo "  $kind pass took $((SECONDS - t0)) s"

@@ -31,6 +31,8 @@ impl BrokerAddress {
         };
         let rest = rest.trim_end_matches('/');
         let (host, port) = match rest.rsplit_once(':') {
+            // A bracketed IPv6 host without a port: the colons are the address's own.
+            _ if rest.starts_with('[') && rest.ends_with(']') => (rest, 1883),
             Some((host, port)) if !host.ends_with(']') || host.starts_with('[') => {
                 let port =
                     port.parse::<u16>().map_err(|error| BrokerAddressError::Port { url: url.to_string(), reason: error.to_string() })?;
@@ -66,6 +68,7 @@ mod tests {
         assert_eq!(BrokerAddress::parse("mqtt://broker").unwrap().port, 1883);
         assert_eq!(BrokerAddress::parse("mqtt://[::1]:9").unwrap(), BrokerAddress { host: "::1".into(), port: 9 });
         assert_eq!(BrokerAddress::parse("mqtt://[::1]:9").unwrap().to_string(), "mqtt://[::1]:9");
+        assert_eq!(BrokerAddress::parse("mqtt://[::1]").unwrap(), BrokerAddress { host: "::1".into(), port: 1883 });
         assert!(matches!(BrokerAddress::parse("http://x"), Err(BrokerAddressError::Scheme(_))));
         assert!(matches!(BrokerAddress::parse("mqtts://x"), Err(BrokerAddressError::TlsUnsupported(_))));
         assert!(matches!(BrokerAddress::parse("mqtt://x:99999"), Err(BrokerAddressError::Port { .. })));
