@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod demo;
 mod mlflow;
 mod models;
 mod spine;
