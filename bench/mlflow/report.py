@@ -11,6 +11,7 @@ SERVERS = [
     ("fleetml", "fleetml"),
     ("mlflow-default", "stock default (uvicorn, 4 workers)"),
     ("mlflow-gunicorn", "stock gunicorn (2 workers)"),
+    ("mlflow-uvicorn-1w", "stock uvicorn 1 worker (diagnostic)"),
 ]
 TESTS = [
     ("fluent mlflow.log_metric", "log_metric, fluent (calls/s)", "calls_per_s"),
@@ -31,7 +32,10 @@ def fmt(x):
 
 
 def main(path):
+    global SERVERS
     rows = [json.loads(line) for line in open(path) if line.strip()]
+    present = {r["server"] for r in rows}
+    SERVERS = [s for s in SERVERS if s[0] in present or s[0] in ("fleetml", "mlflow-default", "mlflow-gunicorn")]
     by = defaultdict(list)
     for r in rows:
         by[(r["server"], r["test"])].append(r)
@@ -47,12 +51,18 @@ def main(path):
     rounds = {s: len({r["round"] for r in rows if r["server"] == s}) for s, _ in SERVERS}
     print(f"Medians over rounds (rounds completed: "
           + ", ".join(f"{s} {rounds[s]}" for s, _ in SERVERS) + "); same client, same machine, same run.\n")
-    print("| test | " + " | ".join(label for _, label in SERVERS) + " | fleetml / stock default | fleetml / stock gunicorn |")
-    print("|---|" + "---:|" * (len(SERVERS) + 2))
+    ratio = lambda a, b: f"{a / b:.1f}×" if a and b else "n/a"
+    extra = SERVERS[3:]
+    print("| test | " + " | ".join(label for _, label in SERVERS[:3]) + " | fleetml / stock default | fleetml / stock gunicorn |"
+          + "".join(f" {label} | fleetml / {s} |" for s, label in extra))
+    print("|---|" + "---:|" * (5 + 2 * len(extra)))
     for test, label, field in TESTS:
-        f, d, g = (med(s, test, field) for s, _ in SERVERS)
-        ratio = lambda a, b: f"{a / b:.2f}×" if a and b else "n/a"
-        print(f"| {label} | {fmt(f)} | {fmt(d)} | {fmt(g)} | {ratio(f, d)} | {ratio(f, g)} |")
+        f, d, g = (med(s, test, field) for s, _ in SERVERS[:3])
+        cells = [fmt(f), fmt(d), fmt(g), ratio(f, d), ratio(f, g)]
+        for s, _ in extra:
+            x = med(s, test, field)
+            cells += [fmt(x), ratio(f, x)]
+        print(f"| {label} | " + " | ".join(cells) + " |")
 
     print("\nRange over rounds (min–max), same tests:\n")
     print("| test | " + " | ".join(s for s, _ in SERVERS) + " |")

@@ -9,6 +9,12 @@
 #   mlflow-gunicorn  the same with --gunicorn-opts "--workers 2" --workers 2 (mlflow 3.17 puts its
 #                    own `-w <--workers, default 4>` after the gunicorn opts, so "--workers 2" in
 #                    --gunicorn-opts alone would be overridden and give 4 workers)
+#   mlflow-uvicorn-1w  diagnostic: the default mode with --workers 1. With more than one worker
+#                    uvicorn binds the listening socket itself (proto 0) and Python 3.11's asyncio
+#                    then skips TCP_NODELAY on accepted sockets (it checks proto == IPPROTO_TCP);
+#                    the response goes out as two writes (headers, body), so every request after
+#                    the first on a keep-alive connection waits ~40 ms for the client's delayed
+#                    ACK. One worker lets asyncio bind (proto 6) and set TCP_NODELAY.
 # Client: /work/shared/peers/mlflow_client_bench.py (unchanged, run through bench/mlflow/client.py,
 # which only adds the bearer token to the script's raw `requests` calls; see there) with the
 # mlflow-skinny venv. ROUNDS rounds; the server order rotates each round. measure.py annotates every
@@ -17,11 +23,12 @@
 #
 # usage: bash bench/mlflow/run.sh
 # environment (defaults):
-#   N_FLEETML=2000 N_STOCK=400: the peer script's N for fleetml and for both stock servers (N
+#   N_FLEETML=2000 N_STOCK=200: the peer script's N for fleetml and for both stock servers (N
 #   log_metric calls fluent and client, N/4 log_batch 10, N/10 log_batch 100, N/40 log_batch
 #   1000, N/4 raw keep-alive POSTs, N/4 new-connection POSTs); each pass takes ~10-30 s here.
 #   The figures are rates, so a different N per server does not bias them (N is in each line).
-#   ROUNDS=3  SERVERS="fleetml mlflow-default mlflow-gunicorn"
+#   ROUNDS=3  SERVERS="fleetml mlflow-default mlflow-gunicorn mlflow-uvicorn-1w"
+#   WORK_BASE=/tmp (where the servers' databases live; /dev/shm takes fsync out of the picture)
 #   CARGO_TARGET_DIR=/work/bench-target  FLEETML=$CARGO_TARGET_DIR/release/fleetml
 #   BUILD=0 (1: build fleetml first: cargo build --release -p fleetml-plane --bin fleetml)
 #   SOURCE=commit (with BUILD=1: build a clean `git archive` of COMMIT extracted in
@@ -44,9 +51,10 @@ COMMIT=${COMMIT:-HEAD}
 BENCH_SRC_DIR=${BENCH_SRC_DIR:-/work/bench-src-mlflow}
 STAMP=$TARGET/mlflow-bench-build-source.txt
 N_FLEETML=${N_FLEETML:-2000}
-N_STOCK=${N_STOCK:-400}
+N_STOCK=${N_STOCK:-200}
 ROUNDS=${ROUNDS:-3}
-SERVERS=(${SERVERS:-fleetml mlflow-default mlflow-gunicorn})
+SERVERS=(${SERVERS:-fleetml mlflow-default mlflow-gunicorn mlflow-uvicorn-1w})
+WORK_BASE=${WORK_BASE:-/tmp}
 CLIENT_PYTHON=${CLIENT_PYTHON:-/work/venv-mlflow/bin/python}
 MLFLOW_SERVER=${MLFLOW_SERVER:-/work/venv-mlflow-server/bin/mlflow}
 PEER=${PEER:-/work/shared/peers/mlflow_client_bench.py}
@@ -74,7 +82,7 @@ if [[ $BUILD == 1 ]]; then
 fi
 [[ -x $FLEETML ]] || { echo "no fleetml binary at $FLEETML (BUILD=1 builds it)" >&2; exit 1; }
 
-WORK=$(mktemp -d /tmp/mlflow-bench.XXXXXX)
+WORK=$(mktemp -d "$WORK_BASE/mlflow-bench.XXXXXX")
 SERVER_PIDS=()
 cleanup() {
     stop_server || true
@@ -120,6 +128,10 @@ start_server() {
         mlflow-gunicorn)
             "$MLFLOW_SERVER" server --backend-store-uri "sqlite:///$dir/mlflow.db" --default-artifact-root "$dir/art" \
                 --host 127.0.0.1 --port "$port" --gunicorn-opts "--workers 2" --workers 2 >"$log" 2>&1 &
+            ;;
+        mlflow-uvicorn-1w)
+            "$MLFLOW_SERVER" server --backend-store-uri "sqlite:///$dir/mlflow.db" --default-artifact-root "$dir/art" \
+                --host 127.0.0.1 --port "$port" --workers 1 >"$log" 2>&1 &
             ;;
         *) echo "unknown server $kind" >&2; exit 1 ;;
     esac
@@ -169,7 +181,7 @@ echo "client:    $("$CLIENT_PYTHON" -c 'import mlflow, requests, sys; print(f"ml
 echo "server:    $("$MLFLOW_SERVER" --version 2>/dev/null | tail -1), gunicorn $("${MLFLOW_SERVER%/*}/python" -c 'import gunicorn; print(gunicorn.__version__)'), uvicorn $("${MLFLOW_SERVER%/*}/python" -c 'import uvicorn; print(uvicorn.__version__)')"
 echo "N_FLEETML=$N_FLEETML N_STOCK=$N_STOCK ROUNDS=$ROUNDS servers: ${SERVERS[*]}"
 echo "results:   $RESULTS"
-echo "work:      $WORK"
+echo "work:      $WORK ($(df -T "$WORK" | awk 'NR==2 {print $2}'))"
 mkdir -p "$(dirname "$RESULTS")"
 : >"$RESULTS"
 

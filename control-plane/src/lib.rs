@@ -276,6 +276,7 @@ pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &Cancella
     spawn_actor(tracker, "ingest", Ingest { core: core.clone(), inbound: ingest_receiver }.run(cancel.clone()));
     spawn_actor(tracker, "distributor", Distributor::new(core.clone(), fetch_receiver).run(cancel.clone()));
     spawn_actor(tracker, "deployments", DeploymentController { core: core.clone() }.run(cancel.clone()));
+    spawn_actor(tracker, "rollouts", rollout::controller::RolloutController { core: core.clone() }.run(cancel.clone()));
     // Devices may have joined or changed while the plane was down.
     core.controller.request(ControllerCommand::ReconcileAll);
     let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding the HTTP API to {}", config.http))?;

@@ -149,6 +149,7 @@ pub struct PlaneOptions {
 /// A running `fleetml serve`.
 pub struct Plane {
     pub process: Process,
+    command_args: Vec<std::ffi::OsString>,
     pub dir: PathBuf,
     pub api: String,
     pub mqtt_url: String,
@@ -184,11 +185,13 @@ impl Plane {
             command.args(["--database-url", url]);
         }
         command.args(&options.extra_args);
+        let command_args: Vec<std::ffi::OsString> = command.get_args().map(|arg| arg.to_os_string()).collect();
         let (process, line) = Process::spawn("plane", command, dir.join("plane.log"), "fleetml control plane:").unwrap();
         let api = address_after(&line, "API ").unwrap();
         let mqtt_url = address_after(&line, "broker ").unwrap();
         Plane {
             process,
+            command_args,
             dir: dir.to_path_buf(),
             api,
             mqtt_url,
@@ -198,6 +201,18 @@ impl Plane {
             public_key: key_dir.join("signing.pub"),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// SIGKILL, then the same `fleetml serve` again on the same data (the API gets a new port;
+    /// use an external broker so the agents keep theirs).
+    pub async fn kill_and_restart(&mut self) {
+        self.process.kill();
+        let mut command = Command::new(binary("fleetml"));
+        command.args(&self.command_args);
+        let (process, line) =
+            Process::spawn("plane (restarted)", command, self.dir.join("plane-restarted.log"), "fleetml control plane:").unwrap();
+        self.process = process;
+        self.api = address_after(&line, "API ").unwrap();
     }
 
     pub fn signing_key_pair(&self) -> fleetml_shared::signing::SigningKeyPair {

@@ -3,6 +3,7 @@
 
 pub mod error;
 pub mod mlflow;
+pub mod rollouts;
 pub mod runs;
 pub mod views;
 
@@ -43,6 +44,9 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
         .route("/models/{name}/aliases/{alias}", put(set_alias))
         .route("/deployments", post(deploy).get(list_deployments))
         .route("/devices", get(list_devices))
+        .route("/rollouts", post(rollouts::start).get(rollouts::list))
+        .route("/rollouts/{id}", get(rollouts::status))
+        .route("/rollouts/{id}/{action}", post(rollouts::action))
         .route("/experiments", get(runs::list_experiments))
         .route("/runs", get(runs::list_runs))
         .route("/runs/compare", get(runs::compare_runs))

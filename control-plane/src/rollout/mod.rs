@@ -3,6 +3,7 @@
 //! waves through desired state is not written yet (see the open rollout issue).
 
 pub mod assignment;
+pub mod controller;
 pub mod gates;
 pub mod plan;
 pub mod policy;

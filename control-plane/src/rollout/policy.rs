@@ -1,10 +1,10 @@
 //! The rollout policy document, the same in TOML and JSON for the API and the CLI.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use fleetml_shared::selector::Selector;
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDocument {
     pub target: TargetDocument,
@@ -15,7 +15,7 @@ pub struct PolicyDocument {
     pub on_failure: FailureAction,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetDocument {
     #[serde(default)]
@@ -31,7 +31,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaveDocument {
     /// `"10%"` or a device count.
@@ -49,6 +49,15 @@ pub enum WaveSize {
     Percent(f64),
     /// Cumulative number of devices.
     Count(u64),
+}
+
+impl Serialize for WaveSize {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            WaveSize::Percent(percent) => serializer.serialize_str(&format!("{percent}%")),
+            WaveSize::Count(count) => serializer.serialize_u64(*count),
+        }
+    }
 }
 
 impl<'de> Deserialize<'de> for WaveSize {
@@ -77,7 +86,7 @@ impl<'de> Deserialize<'de> for WaveSize {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum GateMetric {
     InstallFailureRate,
@@ -89,7 +98,7 @@ pub enum GateMetric {
     DriftScore,
 }
 
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateDocument {
     pub metric: GateMetric,
@@ -104,7 +113,7 @@ fn default_min_samples() -> u64 {
     1
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureAction {
     #[default]

@@ -2,6 +2,7 @@
 //! SQL text, each with its own migrations folder. Rows are converted to the domain types
 //! below at this boundary; nothing above it sees SQL types.
 
+mod rollout_sql;
 mod sql;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -167,7 +168,7 @@ pub struct InferenceWindow {
 }
 
 #[async_trait]
-pub trait Store: TrackingStore + Send + Sync + 'static {
+pub trait Store: TrackingStore + RolloutStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     // devices
@@ -342,4 +343,51 @@ pub trait TrackingStore: Send + Sync + 'static {
     async fn delete_alias(&self, name: &str, alias: &str) -> StoreResult<bool>;
     async fn add_version_event(&self, name: &str, version: i64, kind: &str, detail: &str, at_ms: i64) -> StoreResult<()>;
     async fn version_events(&self, name: &str, version: i64) -> StoreResult<Vec<VersionEvent>>;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutRecord {
+    pub id: i64,
+    pub model: String,
+    pub version: i64,
+    /// The policy document as JSON.
+    pub policy_json: String,
+    /// running, paused, completed, aborted, rolled_back
+    pub state: String,
+    pub current_wave: i64,
+    pub wave_started_ms: i64,
+    pub created_by: String,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutDeviceRecord {
+    pub device_id: String,
+    pub wave: i64,
+    /// pending, downloading, installing, healthy, failed, rolled_back
+    pub state: String,
+    pub reason: String,
+    /// The version the device was told before the rollout, for rolling back.
+    pub from_version: Option<i64>,
+    pub updated_ms: i64,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutEvent {
+    pub at_ms: i64,
+    pub kind: String,
+    pub detail: String,
+}
+
+#[async_trait]
+pub trait RolloutStore: Send + Sync + 'static {
+    async fn create_rollout(&self, rollout: &RolloutRecord, devices: &[RolloutDeviceRecord]) -> StoreResult<i64>;
+    async fn get_rollout(&self, id: i64) -> StoreResult<Option<RolloutRecord>>;
+    async fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
+    async fn update_rollout(&self, id: i64, state: &str, current_wave: i64, wave_started_ms: i64, now_ms: i64) -> StoreResult<()>;
+    async fn rollout_devices(&self, id: i64) -> StoreResult<Vec<RolloutDeviceRecord>>;
+    async fn update_rollout_device(&self, id: i64, device_id: &str, state: &str, reason: &str, now_ms: i64) -> StoreResult<()>;
+    async fn add_rollout_event(&self, id: i64, kind: &str, detail: &str, at_ms: i64) -> StoreResult<()>;
+    async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>>;
 }

@@ -6,5 +6,6 @@ mod bad_input;
 mod demo;
 mod mlflow;
 mod models;
+mod rollouts;
 mod spine;
 mod transfer;

@@ -1,0 +1,137 @@
+//! The SQL behind `RolloutStore`, shared by SQLite and PostgreSQL like `sql.rs`.
+
+use async_trait::async_trait;
+use sqlx::Row;
+
+use super::sql::{PostgresStore, SqliteStore};
+use super::{RolloutDeviceRecord, RolloutEvent, RolloutRecord, RolloutStore, StoreResult};
+
+macro_rules! row_to_rollout {
+    ($row:expr) => {{
+        let row = $row;
+        RolloutRecord {
+            id: row.try_get("id")?,
+            model: row.try_get("model")?,
+            version: row.try_get("version")?,
+            policy_json: row.try_get("policy")?,
+            state: row.try_get("state")?,
+            current_wave: row.try_get("current_wave")?,
+            wave_started_ms: row.try_get("wave_started_ms")?,
+            created_by: row.try_get("created_by")?,
+            created_ms: row.try_get("created_ms")?,
+            updated_ms: row.try_get("updated_ms")?,
+        }
+    }};
+}
+
+macro_rules! impl_rollout_store {
+    ($store:ty) => {
+        #[async_trait]
+        impl RolloutStore for $store {
+            async fn create_rollout(&self, rollout: &RolloutRecord, devices: &[RolloutDeviceRecord]) -> StoreResult<i64> {
+                let mut transaction = self.pool.begin().await?;
+                let row = sqlx::query(
+                    "INSERT INTO rollouts (model, version, policy, state, current_wave, wave_started_ms, created_by, created_ms, updated_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",
+                )
+                .bind(&rollout.model)
+                .bind(rollout.version)
+                .bind(&rollout.policy_json)
+                .bind(&rollout.state)
+                .bind(rollout.current_wave)
+                .bind(rollout.wave_started_ms)
+                .bind(&rollout.created_by)
+                .bind(rollout.created_ms)
+                .fetch_one(&mut *transaction)
+                .await?;
+                let id: i64 = row.try_get("id")?;
+                for device in devices {
+                    sqlx::query(
+                        "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, reason, from_version, updated_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    )
+                    .bind(id)
+                    .bind(&device.device_id)
+                    .bind(device.wave)
+                    .bind(&device.state)
+                    .bind(&device.reason)
+                    .bind(device.from_version)
+                    .bind(device.updated_ms)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                transaction.commit().await?;
+                Ok(id)
+            }
+
+            async fn get_rollout(&self, id: i64) -> StoreResult<Option<RolloutRecord>> {
+                let row = sqlx::query("SELECT * FROM rollouts WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+                row.map(|row| Ok(row_to_rollout!(&row))).transpose()
+            }
+
+            async fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>> {
+                let rows = sqlx::query("SELECT * FROM rollouts ORDER BY id").fetch_all(&self.pool).await?;
+                rows.iter().map(|row| Ok(row_to_rollout!(row))).collect()
+            }
+
+            async fn update_rollout(&self, id: i64, state: &str, current_wave: i64, wave_started_ms: i64, now_ms: i64) -> StoreResult<()> {
+                sqlx::query("UPDATE rollouts SET state = $2, current_wave = $3, wave_started_ms = $4, updated_ms = $5 WHERE id = $1")
+                    .bind(id)
+                    .bind(state)
+                    .bind(current_wave)
+                    .bind(wave_started_ms)
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn rollout_devices(&self, id: i64) -> StoreResult<Vec<RolloutDeviceRecord>> {
+                let rows = sqlx::query("SELECT * FROM rollout_devices WHERE rollout_id = $1 ORDER BY wave, device_id").bind(id).fetch_all(&self.pool).await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(RolloutDeviceRecord {
+                            device_id: row.try_get("device_id")?,
+                            wave: row.try_get("wave")?,
+                            state: row.try_get("state")?,
+                            reason: row.try_get("reason")?,
+                            from_version: row.try_get("from_version")?,
+                            updated_ms: row.try_get("updated_ms")?,
+                        })
+                    })
+                    .collect()
+            }
+
+            async fn update_rollout_device(&self, id: i64, device_id: &str, state: &str, reason: &str, now_ms: i64) -> StoreResult<()> {
+                sqlx::query("UPDATE rollout_devices SET state = $3, reason = $4, updated_ms = $5 WHERE rollout_id = $1 AND device_id = $2")
+                    .bind(id)
+                    .bind(device_id)
+                    .bind(state)
+                    .bind(reason)
+                    .bind(now_ms)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn add_rollout_event(&self, id: i64, kind: &str, detail: &str, at_ms: i64) -> StoreResult<()> {
+                sqlx::query("INSERT INTO rollout_events (rollout_id, at_ms, kind, detail) VALUES ($1, $2, $3, $4)")
+                    .bind(id)
+                    .bind(at_ms)
+                    .bind(kind)
+                    .bind(detail)
+                    .execute(&self.pool)
+                    .await?;
+                Ok(())
+            }
+
+            async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>> {
+                let rows = sqlx::query("SELECT at_ms, kind, detail FROM rollout_events WHERE rollout_id = $1 ORDER BY id").bind(id).fetch_all(&self.pool).await?;
+                rows.iter().map(|row| Ok(RolloutEvent { at_ms: row.try_get("at_ms")?, kind: row.try_get("kind")?, detail: row.try_get("detail")? })).collect()
+            }
+        }
+    };
+}
+
+impl_rollout_store!(SqliteStore);
+impl_rollout_store!(PostgresStore);
