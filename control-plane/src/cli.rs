@@ -10,6 +10,7 @@ use fleetml_shared::signing::{PublicKey, SigningKeyPair, TrustedKeys};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::api::rollouts::RolloutView;
 use crate::api::runs::{RunComparison, RunView};
 use crate::api::views::{DeployRequest, DeploymentView, DeviceView, PushResponse, VersionView};
 use crate::registry::{self, BundleOptions, DEFAULT_SELF_TEST_TOLERANCE};
@@ -196,6 +197,50 @@ pub fn print_comparison(comparison: &RunComparison) {
     for (key, values) in &comparison.metrics {
         let cells: Vec<String> = values.iter().map(|value| format!("{:<16}", format_metric(*value))).collect();
         println!("{:<24} {}", format!("metrics.{key}"), cells.join(" "));
+    }
+}
+
+pub fn print_rollout(view: &RolloutView) {
+    let states: Vec<String> = view.devices_by_state.iter().map(|(state, n)| format!("{n} {state}")).collect();
+    println!(
+        "rollout {} of {}@{}: {}, wave {}/{}; devices: {}",
+        view.id,
+        view.model,
+        view.version,
+        view.state,
+        view.current_wave,
+        view.n_waves,
+        states.join(", ")
+    );
+    for device in view.devices.iter().filter(|device| !device.reason.is_empty()) {
+        println!("  {} (wave {}): {} {}", device.device_id, device.wave, device.state, device.reason);
+    }
+    println!("events:");
+    for event in &view.events {
+        println!("  {} {}: {}", event.at_ms, event.kind, event.detail);
+    }
+}
+
+/// Follows a rollout with a progress bar (devices healthy out of all) until it ends.
+pub async fn watch_rollout(client: &Client, id: i64, quiet: bool) -> anyhow::Result<RolloutView> {
+    let progress = if quiet { indicatif::ProgressBar::hidden() } else { indicatif::ProgressBar::new(0) };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{bar:30}] {pos}/{len} healthy  {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    loop {
+        let view: RolloutView = client.get(&format!("/api/v1/rollouts/{id}")).await?;
+        progress.set_length(view.devices.len() as u64);
+        progress.set_position(view.devices_by_state.get("healthy").copied().unwrap_or(0) as u64);
+        let states: Vec<String> =
+            view.devices_by_state.iter().filter(|(state, _)| *state != "healthy").map(|(state, n)| format!("{n} {state}")).collect();
+        progress.set_message(format!("wave {}/{} {} {}", view.current_wave, view.n_waves, view.state, states.join(" ")));
+        if !matches!(view.state.as_str(), "running") {
+            progress.finish();
+            return Ok(view);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

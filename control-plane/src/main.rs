@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use fleetml_plane::api::rollouts::RolloutView;
 use fleetml_plane::api::runs::{RunComparison, RunView};
 use fleetml_plane::api::views::{AliasRequest, DeployRequest, VersionView};
 use fleetml_plane::cli::{self, Client};
@@ -103,6 +104,11 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Staged rollouts with health gates.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
+    },
     /// Experiment runs logged by the MLflow client or the API.
     Runs {
         #[command(subcommand)]
@@ -150,6 +156,61 @@ enum ModelCommand {
         name: String,
         alias: String,
         version: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutCommand {
+    /// Start rolling NAME@VERSION or NAME@ALIAS out with a policy (TOML or JSON file).
+    Start {
+        reference: String,
+        #[arg(long)]
+        policy: PathBuf,
+        /// Follow it with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Devices per state, wave, gate results and events.
+    Status {
+        id: i64,
+        /// Follow it with a progress bar until it ends.
+        #[arg(long)]
+        watch: bool,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Pause {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Resume {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    Abort {
+        id: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Send every device the rollout moved back to its previous version (signed rollback).
+    Rollback {
+        id: i64,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -325,6 +386,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Runs { command } => runs_command(command).await?,
+        Command::Rollout { command } => return rollout_command(command).await,
         Command::Devices { json, client } => {
             let devices = client.client()?.devices().await?;
             if json { cli::print_json(&devices)? } else { cli::print_devices(&devices) }
@@ -345,6 +407,73 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         },
     }
     Ok(ExitCode::SUCCESS)
+}
+
+async fn rollout_command(command: RolloutCommand) -> anyhow::Result<ExitCode> {
+    let (view, watch, json, client) = match command {
+        RolloutCommand::Start { reference, policy, watch, json, client } => {
+            let (model, version, alias) = cli::parse_reference(&reference)?;
+            let text = std::fs::read_to_string(&policy).with_context(|| format!("reading {}", policy.display()))?;
+            let body = serde_json::json!({ "model": model, "version": version, "alias": alias, "policy": text });
+            let http = client.client()?;
+            let view: RolloutView = http.post_json("/api/v1/rollouts", &body).await?;
+            if !json {
+                println!(
+                    "rollout {} of {}@{}: {} devices in {} waves",
+                    view.id,
+                    view.model,
+                    view.version,
+                    view.devices.len(),
+                    view.n_waves
+                );
+            }
+            (view, watch, json, http)
+        }
+        RolloutCommand::Status { id, watch, json, client } => {
+            let http = client.client()?;
+            (http.get(&format!("/api/v1/rollouts/{id}")).await?, watch, json, http)
+        }
+        RolloutCommand::List { json, client } => {
+            let views: Vec<RolloutView> = client.client()?.get("/api/v1/rollouts").await?;
+            if json {
+                cli::print_json(&views)?;
+            } else {
+                println!("{:>4} {:<24} {:>7} {:<12} {:>6}  DEVICES", "ID", "MODEL", "VERSION", "STATE", "WAVE");
+                for view in &views {
+                    let states: Vec<String> = view.devices_by_state.iter().map(|(state, n)| format!("{state}={n}")).collect();
+                    println!(
+                        "{:>4} {:<24} {:>7} {:<12} {:>3}/{:<2}  {}",
+                        view.id,
+                        view.model,
+                        view.version,
+                        view.state,
+                        view.current_wave,
+                        view.n_waves,
+                        states.join(" ")
+                    );
+                }
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        RolloutCommand::Pause { id, client } => (rollout_action(&client, id, "pause").await?, false, false, client.client()?),
+        RolloutCommand::Resume { id, client } => (rollout_action(&client, id, "resume").await?, false, false, client.client()?),
+        RolloutCommand::Abort { id, client } => (rollout_action(&client, id, "abort").await?, false, false, client.client()?),
+        RolloutCommand::Rollback { id, client } => (rollout_action(&client, id, "rollback").await?, false, false, client.client()?),
+    };
+    let view = if watch { cli::watch_rollout(&client, view.id, json).await? } else { view };
+    if json {
+        cli::print_json(&view)?;
+    } else {
+        cli::print_rollout(&view);
+    }
+    Ok(match view.state.as_str() {
+        "rolled_back" | "aborted" if watch => ExitCode::from(2),
+        _ => ExitCode::SUCCESS,
+    })
+}
+
+async fn rollout_action(client: &ClientArgs, id: i64, action: &str) -> anyhow::Result<RolloutView> {
+    client.client()?.post_json(&format!("/api/v1/rollouts/{id}/{action}"), &serde_json::json!({})).await
 }
 
 async fn runs_command(command: RunsCommand) -> anyhow::Result<()> {

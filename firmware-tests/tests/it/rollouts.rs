@@ -55,11 +55,19 @@ metric = "install_failure_rate"
 max = 0.0
 min_samples = 1
 "#;
-    let (status, started) = plane.post("/api/v1/rollouts", &json!({ "model": "classifier", "version": v2, "policy": policy })).await;
-    assert_eq!(status, 201, "{started}");
-    let id = started["id"].as_i64().unwrap();
-    let (status, conflict) = plane.post("/api/v1/rollouts", &json!({ "model": "classifier", "version": v2, "policy": policy })).await;
-    assert_eq!(status, 409, "one rollout per model at a time: {conflict}");
+    // Through the CLI, followed with --watch until it ends: a rolled-back rollout exits 2.
+    let policy_path = dir.path().join("policy.toml");
+    std::fs::write(&policy_path, policy).unwrap();
+    let output = std::process::Command::new(fleetml_firmware_tests::binary("fleetml"))
+        .args(["rollout", "start", "classifier@2", "--watch", "--json", "--server", &plane.api, "--token", &plane.token])
+        .arg("--policy")
+        .arg(&policy_path)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
+    let watched: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(watched["state"], "rolled_back", "{watched}");
+    let id = watched["id"].as_i64().unwrap();
 
     let finished = wait_rollout_state(&plane, id, "rolled_back").await;
     let kinds: Vec<&str> = finished["events"].as_array().unwrap().iter().map(|event| event["kind"].as_str().unwrap()).collect();
@@ -99,6 +107,8 @@ async fn a_plane_killed_mid_rollout_finishes_it_after_restart_without_redoing_de
     let (status, started) = plane.post("/api/v1/rollouts", &json!({ "model": "classifier", "version": v1, "policy": policy })).await;
     assert_eq!(status, 201, "{started}");
     let id = started["id"].as_i64().unwrap();
+    let (status, conflict) = plane.post("/api/v1/rollouts", &json!({ "model": "classifier", "version": v1, "policy": policy })).await;
+    assert_eq!(status, 409, "one rollout per model at a time: {conflict}");
     wait_for("the second wave", TIMEOUT, || async { (rollout_status(&plane, id).await["current_wave"].as_i64()? >= 2).then_some(()) })
         .await;
 
