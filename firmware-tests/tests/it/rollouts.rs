@@ -66,7 +66,7 @@ min_samples = 1
         .unwrap();
     assert_eq!(output.status.code(), Some(2), "{}", String::from_utf8_lossy(&output.stderr));
     let watched: Value = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(watched["state"], "rolled_back", "{watched}");
+    assert_eq!((watched["state"].as_str(), watched["version"].as_i64()), (Some("rolled_back"), Some(v2)), "{watched}");
     let id = watched["id"].as_i64().unwrap();
 
     let finished = wait_rollout_state(&plane, id, "rolled_back").await;
