@@ -17,16 +17,19 @@
 #                    ACK. One worker lets asyncio bind (proto 6) and set TCP_NODELAY.
 # Client: /work/shared/peers/mlflow_client_bench.py (unchanged, run through bench/mlflow/client.py,
 # which only adds the bearer token to the script's raw `requests` calls; see there) with the
-# mlflow-skinny venv. ROUNDS rounds; the server order rotates each round. measure.py annotates every
+# mlflow-skinny venv. Each server gets a warm-up (40 requests) and then settle.py waits until its
+# process tree is idle (mlflow starts a job consumer 20-40 s after it answers HTTP). ROUNDS
+# rounds; the server order rotates each round. measure.py annotates every
 # JSON line with the CPU of the server's process tree and of the client while that test ran.
 # Results: bench/results/mlflow-<date>.jsonl (replaced), then report.py prints markdown tables.
 #
 # usage: bash bench/mlflow/run.sh
 # environment (defaults):
-#   N_FLEETML=2000 N_STOCK=200: the peer script's N for fleetml and for both stock servers (N
-#   log_metric calls fluent and client, N/4 log_batch 10, N/10 log_batch 100, N/40 log_batch
-#   1000, N/4 raw keep-alive POSTs, N/4 new-connection POSTs); each pass takes ~10-30 s here.
-#   The figures are rates, so a different N per server does not bias them (N is in each line).
+#   N_FLEETML=3000 N_DEFAULT=200 N_GUNICORN=600 N_UVICORN1W=600: the peer script's N per server
+#   (N log_metric calls fluent and client, N/4 log_batch 10, N/10 log_batch 100, N/40 log_batch
+#   1000, N/4 raw keep-alive POSTs, N/4 new-connection POSTs), chosen so each pass takes ~10-30 s
+#   here. The figures are rates, so a different N per server does not bias them (N is in each
+#   JSON line).
 #   ROUNDS=3  SERVERS="fleetml mlflow-default mlflow-gunicorn mlflow-uvicorn-1w"
 #   WORK_BASE=/tmp (where the servers' databases live; /dev/shm takes fsync out of the picture)
 #   CARGO_TARGET_DIR=/work/bench-target  FLEETML=$CARGO_TARGET_DIR/release/fleetml
@@ -50,8 +53,10 @@ SOURCE=${SOURCE:-commit}
 COMMIT=${COMMIT:-HEAD}
 BENCH_SRC_DIR=${BENCH_SRC_DIR:-/work/bench-src-mlflow}
 STAMP=$TARGET/mlflow-bench-build-source.txt
-N_FLEETML=${N_FLEETML:-2000}
-N_STOCK=${N_STOCK:-200}
+N_FLEETML=${N_FLEETML:-3000}
+N_DEFAULT=${N_DEFAULT:-200}
+N_GUNICORN=${N_GUNICORN:-600}
+N_UVICORN1W=${N_UVICORN1W:-600}
 ROUNDS=${ROUNDS:-3}
 SERVERS=(${SERVERS:-fleetml mlflow-default mlflow-gunicorn mlflow-uvicorn-1w})
 WORK_BASE=${WORK_BASE:-/tmp}
@@ -154,6 +159,9 @@ start_server() {
             "http://127.0.0.1:$port/api/2.0/mlflow/experiments/search?max_results=1"
     done
     SERVER_PIDS=($(tree_pids "$SERVER_PID"))
+    # Wait for background start-up work (mlflow's job consumer) to finish; see settle.py.
+    SETTLED=$(python3 "$HERE/settle.py" "$SERVER_PID" 5 2 90)
+    SERVER_PIDS=($(tree_pids "$SERVER_PID"))
 }
 
 stop_server() {
@@ -179,7 +187,7 @@ echo "kernel:    $(uname -r)"
 echo "loadavg:   $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
 echo "client:    $("$CLIENT_PYTHON" -c 'import mlflow, requests, sys; print(f"mlflow-skinny {mlflow.__version__}, requests {requests.__version__}, python {sys.version.split()[0]}")')"
 echo "server:    $("$MLFLOW_SERVER" --version 2>/dev/null | tail -1), gunicorn $("${MLFLOW_SERVER%/*}/python" -c 'import gunicorn; print(gunicorn.__version__)'), uvicorn $("${MLFLOW_SERVER%/*}/python" -c 'import uvicorn; print(uvicorn.__version__)')"
-echo "N_FLEETML=$N_FLEETML N_STOCK=$N_STOCK ROUNDS=$ROUNDS servers: ${SERVERS[*]}"
+echo "N: fleetml $N_FLEETML, mlflow-default $N_DEFAULT, mlflow-gunicorn $N_GUNICORN, mlflow-uvicorn-1w $N_UVICORN1W; ROUNDS=$ROUNDS servers: ${SERVERS[*]}"
 echo "results:   $RESULTS"
 echo "work:      $WORK ($(df -T "$WORK" | awk 'NR==2 {print $2}'))"
 mkdir -p "$(dirname "$RESULTS")"
@@ -195,9 +203,12 @@ for ((round = 1; round <= ROUNDS; round++)); do
         dir=$WORK/r$round-$kind
         mkdir -p "$dir"
         port=$(free_port)
-        n=$N_STOCK; [[ $kind == fleetml ]] && n=$N_FLEETML
+        case $kind in
+            fleetml) n=$N_FLEETML ;; mlflow-default) n=$N_DEFAULT ;;
+            mlflow-gunicorn) n=$N_GUNICORN ;; mlflow-uvicorn-1w) n=$N_UVICORN1W ;;
+        esac
         start_server "$kind" "$dir" "$port"
-        echo "  $kind up on :$port, pids ${SERVER_PIDS[*]} (${#SERVER_PIDS[@]} processes)"
+        echo "  $kind up on :$port, pids ${SERVER_PIDS[*]} (${#SERVER_PIDS[@]} processes), $SETTLED"
         t0=$SECONDS
         MLFLOW_TRACKING_URI=http://127.0.0.1:$port \
             python3 "$HERE/measure.py" --server-pid "$SERVER_PID" --tag "$kind" --round "$round" --n "$n" \

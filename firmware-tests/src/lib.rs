@@ -612,7 +612,8 @@ impl Sim {
         let mut command = Command::new(binary("fleetml-agent"));
         command
             .args(["sim", "--count", &count.to_string(), "--id-prefix", id_prefix, "--mqtt-url", &plane.mqtt_url])
-            .args(["--mqtt-topic-root", &plane.topic_root, "--http", "127.0.0.1:0", "--heartbeat-seconds", "1", "--inference-threads", "1"])
+            .args(["--mqtt-topic-root", &plane.topic_root, "--http", "127.0.0.1:0", "--inference-threads", "1"])
+            .args(if extra_args.contains(&"--heartbeat-seconds") { &[][..] } else { &["--heartbeat-seconds", "1"][..] })
             .arg("--state-dir")
             .arg(plane.dir.join(format!("sim-{id_prefix}")))
             .arg("--trusted-key")
