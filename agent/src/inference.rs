@@ -167,8 +167,9 @@ impl LoadedModel {
         let results = plan.run(tensors).map_err(|error| InferenceError::Runtime(format!("{error:#}")))?;
         let mut outputs = Vec::with_capacity(results.len());
         for (output_idx, value) in results.iter().enumerate() {
-            let name = self.outputs.get(output_idx).map(|spec| spec.name.clone()).unwrap_or_else(|| format!("output_{output_idx}"));
-            outputs.push(tensor_data(name, value)?);
+            let spec = self.outputs.get(output_idx);
+            let name = spec.map(|spec| spec.name.clone()).unwrap_or_else(|| format!("output_{output_idx}"));
+            outputs.push(tensor_data(name, value, spec.map(|spec| spec.dtype))?);
         }
         Ok(outputs)
     }
@@ -221,19 +222,19 @@ fn compare_outputs(got: &TensorData, expected: &TensorData, tolerance: f32) -> R
     }
 }
 
-fn tensor_data(name: String, value: &TValue) -> Result<TensorData, InferenceError> {
+/// Reads an output in the datatype the model declares for it (tract may compute, say, a
+/// label as another type than the graph's INT64); undeclared outputs keep theirs, or FP32.
+fn tensor_data(name: String, value: &TValue, declared: Option<DType>) -> Result<TensorData, InferenceError> {
     let shape: Vec<u64> = value.shape().iter().map(|&dim| dim as u64).collect();
     let runtime = |error: TractError| InferenceError::Runtime(error.to_string());
-    let values = match value.datum_type() {
-        DatumType::F32 => TensorValues::F32(value.try_as_plain_ram().map_err(runtime)?.as_slice::<f32>().map_err(runtime)?.to_vec()),
-        DatumType::I64 => TensorValues::I64(value.try_as_plain_ram().map_err(runtime)?.as_slice::<i64>().map_err(runtime)?.to_vec()),
-        other => {
-            // Other output types are converted to FP32 for the wire.
-            let cast = value.cast_to::<f32>().map_err(runtime)?;
-            let values = cast.try_as_plain_ram().map_err(runtime)?.as_slice::<f32>().map_err(runtime)?.to_vec();
-            tracing::trace!(?other, "output cast to f32");
-            TensorValues::F32(values)
-        }
+    let dtype = declared.unwrap_or(if value.datum_type() == DatumType::I64 { DType::I64 } else { DType::F32 });
+    let values = match dtype {
+        DType::F32 => TensorValues::F32(
+            value.cast_to::<f32>().map_err(runtime)?.try_as_plain_ram().map_err(runtime)?.as_slice::<f32>().map_err(runtime)?.to_vec(),
+        ),
+        DType::I64 => TensorValues::I64(
+            value.cast_to::<i64>().map_err(runtime)?.try_as_plain_ram().map_err(runtime)?.as_slice::<i64>().map_err(runtime)?.to_vec(),
+        ),
     };
     Ok(TensorData { name, shape, values })
 }

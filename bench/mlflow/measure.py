@@ -13,6 +13,9 @@ requests). Per interval we record:
   client_cpu_pct  the same for the Python client process
   server_rss_mb   summed VmRSS of the server tree when the line arrived
   load1           1-minute load average when the line arrived
+  fsync_p50_ms    median of 20 fsyncs of a 4 KiB append in --probe-dir (the server's folder), taken
+                  just before the client starts: the stock server's SQLite commits wait on fsync,
+                  and on this shared machine its latency swings with other disk traffic
 """
 import argparse
 import json
@@ -74,6 +77,23 @@ def rss_mb(pids):
     return round(total / 1024, 1)
 
 
+def fsync_probe(folder, n=20):
+    path = os.path.join(folder, "fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    lat = []
+    try:
+        for _ in range(n):
+            os.write(fd, b"x" * 4096)
+            t = time.perf_counter()
+            os.fsync(fd)
+            lat.append(time.perf_counter() - t)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    lat.sort()
+    return round(lat[n // 2] * 1000, 2)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--server-pid", type=int, required=True)
@@ -85,11 +105,14 @@ def main():
     ap.add_argument("--client-python", required=True)
     ap.add_argument("--peer", required=True)
     ap.add_argument("--log", default=os.devnull)
+    ap.add_argument("--probe-dir", default=tempfile.gettempdir())
     a = ap.parse_args()
 
     raw = tempfile.NamedTemporaryFile(prefix="bench_raw_", suffix=".jsonl", delete=False).name
     env = dict(os.environ, BENCH_OUT=raw)
     server_pids = tree(a.server_pid)
+    fsync_ms = fsync_probe(a.probe_dir)
+    print(f"  fsync p50 in {a.probe_dir}: {fsync_ms} ms", flush=True)
     with open(a.log, "a") as log:
         t_prev = time.monotonic()
         s_prev = ticks(server_pids)
@@ -122,6 +145,7 @@ def main():
                     client_cpu_pct=round(100 * (c_now - c_prev) / TCK / dt, 1),
                     server_rss_mb=rss_mb(server_pids),
                     load1=float(open("/proc/loadavg").read().split()[0]),
+                    fsync_p50_ms=fsync_ms,
                 )
                 out.write(json.dumps(rec) + "\n")
                 out.flush()

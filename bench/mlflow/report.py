@@ -64,6 +64,13 @@ def main(path):
             cells += [fmt(x), ratio(f, x)]
         print(f"| {label} | " + " | ".join(cells) + " |")
 
+    fs = []
+    for s, _ in SERVERS:
+        vals = sorted({(r["round"], r.get("fsync_p50_ms")) for r in rows if r["server"] == s and r.get("fsync_p50_ms") is not None})
+        if vals:
+            fs.append(f"{s} " + "/".join(f"{v:.1f}" for _, v in vals))
+    if fs:
+        print("\nfsync p50 (ms) of a 4 KiB append in the server's folder just before each pass, rounds 1/2/3: " + "; ".join(fs) + ".")
     print("\nRange over rounds (min–max), same tests:\n")
     print("| test | " + " | ".join(s for s, _ in SERVERS) + " |")
     print("|---|" + "---:|" * len(SERVERS))

@@ -87,7 +87,24 @@ if [[ $BUILD == 1 ]]; then
 fi
 [[ -x $FLEETML ]] || { echo "no fleetml binary at $FLEETML (BUILD=1 builds it)" >&2; exit 1; }
 
+# What built the binary: the newest stamp (this script's or bench/spine.sh's, which shares the
+# target dir) written after the binary; otherwise unknown.
+source_of() {
+    local stamp best=""
+    for stamp in "$TARGET/mlflow-bench-build-source.txt" "$TARGET/spine-build-source.txt"; do
+        [[ -f $stamp && ! $stamp -ot $1 ]] || continue
+        [[ -z $best || $stamp -nt $best ]] && best=$stamp
+    done
+    if [[ -n $best ]]; then sed 's/^[0-9a-f]\{40\}\t//' "$best"; else echo "source unknown (no build stamp newer than the binary)"; fi
+}
+FLEETML_SOURCE=$(source_of "$FLEETML")
+
 WORK=$(mktemp -d "$WORK_BASE/mlflow-bench.XXXXXX")
+# The target dir is shared (bench/spine.sh builds there too): run a private copy, so a rebuild
+# during the run cannot swap the binary between rounds.
+cp "$FLEETML" "$WORK/fleetml"
+FLEETML_ORIG=$FLEETML
+FLEETML=$WORK/fleetml
 SERVER_PIDS=()
 cleanup() {
     stop_server || true
@@ -181,7 +198,7 @@ stop_server() {
 echo "== MLflow client vs fleetml and stock MLflow server"
 echo "date:      $(date -Is)"
 echo "commit:    HEAD $(git -C "$ROOT" rev-parse --short HEAD)"
-echo "fleetml:   $FLEETML (binary dated $(date -r "$FLEETML" -Is)); $([[ -f $STAMP && $STAMP -nt $FLEETML ]] && cat "$STAMP" || echo 'source unknown (not built by BUILD=1)')"
+echo "fleetml:   $FLEETML_ORIG (binary dated $(date -r "$FLEETML_ORIG" -Is), sha256 $(sha256sum "$FLEETML" | cut -c1-16)), from $FLEETML_SOURCE"
 echo "cpu:       $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
 echo "kernel:    $(uname -r)"
 echo "loadavg:   $(cut -d' ' -f1-3 /proc/loadavg) (at start)"
@@ -213,7 +230,7 @@ for ((round = 1; round <= ROUNDS; round++)); do
         MLFLOW_TRACKING_URI=http://127.0.0.1:$port \
             python3 "$HERE/measure.py" --server-pid "$SERVER_PID" --tag "$kind" --round "$round" --n "$n" \
             --uri "http://127.0.0.1:$port" --out "$RESULTS" --client-python "$CLIENT_PYTHON" --peer "$PEER" \
-            --log "$dir/client.log" || failures=$((failures + 1))
+            --log "$dir/client.log" --probe-dir "$dir" || failures=$((failures + 1))
         echo "  $kind pass took $((SECONDS - t0)) s"
         stop_server
         # Anything odd the server or the client said.

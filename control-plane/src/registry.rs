@@ -172,12 +172,12 @@ fn to_tensor(data: &TensorData) -> TractResult<TValue> {
     Ok(tensor.into_tvalue())
 }
 
-fn from_tensor(name: &str, value: &TValue) -> TractResult<TensorData> {
-    let view = value.try_as_plain_ram()?;
-    let values = match value.datum_type() {
-        DatumType::I64 => TensorValues::I64(view.as_slice::<i64>()?.to_vec()),
-        DatumType::F32 => TensorValues::F32(view.as_slice::<f32>()?.to_vec()),
-        _ => TensorValues::F32(value.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()),
+/// Reads an output in its declared datatype, as devices do (see the agent's `tensor_data`).
+fn from_tensor(name: &str, value: &TValue, declared: Option<DType>) -> TractResult<TensorData> {
+    let dtype = declared.unwrap_or(if value.datum_type() == DatumType::I64 { DType::I64 } else { DType::F32 });
+    let values = match dtype {
+        DType::I64 => TensorValues::I64(value.cast_to::<i64>()?.try_as_plain_ram()?.as_slice::<i64>()?.to_vec()),
+        DType::F32 => TensorValues::F32(value.cast_to::<f32>()?.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()),
     };
     Ok(TensorData { name: name.to_string(), shape: value.shape().iter().map(|&dim| dim as u64).collect(), values })
 }
@@ -202,8 +202,9 @@ fn run_self_test(mut model: InferenceModel, inputs: &[TensorData], outputs: &[Te
     let elapsed_ms = started.elapsed().as_secs_f32() * 1000.0;
     let mut recorded = Vec::new();
     for (output_idx, value) in results.iter().enumerate() {
-        let name = outputs.get(output_idx).map(|spec| spec.name.as_str()).unwrap_or("output");
-        let data = from_tensor(name, value).map_err(|error| ModelError::SelfTest(format!("{error:#}")))?;
+        let spec = outputs.get(output_idx);
+        let name = spec.map(|spec| spec.name.as_str()).unwrap_or("output");
+        let data = from_tensor(name, value, spec.map(|spec| spec.dtype)).map_err(|error| ModelError::SelfTest(format!("{error:#}")))?;
         if let TensorValues::F32(values) = &data.values
             && values.iter().any(|value| !value.is_finite())
         {

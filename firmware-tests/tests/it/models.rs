@@ -45,6 +45,7 @@ async fn exported_models_serve_every_batch_size_like_onnxruntime() {
                     .find(|output| output["name"] == *output_name)
                     .unwrap_or_else(|| panic!("{model}: no output {output_name} in {answer}"));
                 assert_eq!(got["shape"], want["shape"], "{model} batch {batch} {output_name}");
+                assert_eq!(got["datatype"], want["datatype"], "{model} batch {batch} {output_name}: the declared ONNX type");
                 let got_data = got["data"].as_array().unwrap();
                 let want_data = want["data"].as_array().unwrap();
                 assert_eq!(got_data.len(), want_data.len());
