@@ -20,6 +20,9 @@ use crate::store::{DeviceChange, DeviceVitals, InferenceWindow, ReportedUpdate};
 /// Windows buffered before a forced flush; the flush tick writes smaller batches.
 const MAX_BUFFERED_WINDOWS: usize = 512;
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Attempts after a failed write of a reported state, waiting a little longer each time.
+const STORE_RETRIES: u32 = 5;
+const STORE_RETRY_DELAY: Duration = Duration::from_millis(100);
 
 pub struct Ingest {
     pub core: Arc<PlaneCore>,
@@ -76,7 +79,19 @@ impl Ingest {
                         last_refusal: state.last_refusal,
                         at_ms: fleetml_shared::now_ms() as i64,
                     };
-                    match self.core.store.apply_reported(&update).await {
+                    // A reported state is sent once per change: retry a failed write rather than lose it.
+                    let mut attempt = 0u32;
+                    let applied = loop {
+                        match self.core.store.apply_reported(&update).await {
+                            Err(error) if attempt < STORE_RETRIES => {
+                                attempt += 1;
+                                tracing::warn!(%device_id, %error, attempt, "storing reported state failed; retrying");
+                                tokio::time::sleep(STORE_RETRY_DELAY * attempt).await;
+                            }
+                            result => break result,
+                        }
+                    };
+                    match applied {
                         Ok(DeviceChange::New | DeviceChange::Relabelled) => {
                             tracing::debug!(%device_id, "device joined or changed labels; evaluating deployments");
                             self.core.controller.request(ControllerCommand::ReconcileDevice(device_id));

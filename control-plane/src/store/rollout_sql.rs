@@ -29,7 +29,7 @@ macro_rules! impl_rollout_store {
         #[async_trait]
         impl RolloutStore for $store {
             async fn create_rollout(&self, rollout: &RolloutRecord, devices: &[RolloutDeviceRecord]) -> StoreResult<i64> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.write_transaction().await?;
                 let row = sqlx::query(
                     "INSERT INTO rollouts (model, version, policy, state, current_wave, wave_started_ms, created_by, created_ms, updated_ms) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING id",

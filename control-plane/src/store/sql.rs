@@ -40,7 +40,20 @@ impl SqliteStore {
     }
 }
 
+impl SqliteStore {
+    /// `BEGIN IMMEDIATE`: take the write lock up front. A deferred transaction that reads and
+    /// then writes fails with SQLITE_BUSY_SNAPSHOT when another writer committed in between,
+    /// and the busy timeout cannot help it.
+    pub(super) async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, sqlx::Error> {
+        self.pool.begin_with("BEGIN IMMEDIATE").await
+    }
+}
+
 impl PostgresStore {
+    pub(super) async fn write_transaction(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        self.pool.begin().await
+    }
+
     pub async fn connect(url: &str) -> StoreResult<Self> {
         let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(Duration::from_secs(10)).connect(url).await?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
@@ -177,7 +190,7 @@ macro_rules! impl_store {
             }
 
             async fn apply_reported(&self, update: &ReportedUpdate) -> StoreResult<DeviceChange> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.write_transaction().await?;
                 let previous: Option<String> = sqlx::query("SELECT labels FROM devices WHERE device_id = $1")
                     .bind(&update.device_id)
                     .fetch_optional(&mut *transaction)
@@ -245,7 +258,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_version(&self, version: &ModelVersionRecord, bundle: Option<&BundleRecord>) -> StoreResult<()> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.write_transaction().await?;
                 sqlx::query("INSERT INTO models (name, created_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
                     .bind(&version.model)
                     .bind(version.created_ms)
@@ -424,7 +437,7 @@ macro_rules! impl_store {
             }
 
             async fn insert_windows(&self, windows: &[InferenceWindow]) -> StoreResult<()> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.write_transaction().await?;
                 for window in windows {
                     sqlx::query(
                         "INSERT INTO inference_windows (device_id, model, version, window_end_ms, window_ms, requests, errors, latency) \

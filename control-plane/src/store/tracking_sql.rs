@@ -105,7 +105,7 @@ macro_rules! impl_tracking_store {
         #[async_trait]
         impl TrackingStore for $store {
             async fn create_experiment(&self, name: &str, artifact_location: Option<&str>, tags: &[(String, String)], now_ms: i64) -> StoreResult<i64> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.write_transaction().await?;
                 let row = sqlx::query(
                     "INSERT INTO experiments (name, artifact_location, lifecycle_stage, creation_time, last_update_time) \
                      VALUES ($1, $2, 'active', $3, $3) RETURNING experiment_id",
@@ -176,7 +176,7 @@ macro_rules! impl_tracking_store {
             }
 
             async fn create_run(&self, run: &RunRecord) -> StoreResult<()> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.write_transaction().await?;
                 sqlx::query(
                     "INSERT INTO runs (run_id, experiment_id, run_name, user_id, status, start_time, end_time, lifecycle_stage, artifact_uri) \
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -250,7 +250,7 @@ macro_rules! impl_tracking_store {
             }
 
             async fn log_batch(&self, run_id: &str, metrics: &[MetricPoint], params: &[(String, String)], tags: &[(String, String)]) -> StoreResult<()> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.write_transaction().await?;
                 let exists = sqlx::query("SELECT lifecycle_stage FROM runs WHERE run_id = $1").bind(run_id).fetch_optional(&mut *transaction).await?;
                 if exists.is_none() {
                     return Err(StoreError::NotFound(format!("run `{run_id}`")));
@@ -344,7 +344,7 @@ macro_rules! impl_tracking_store {
             }
 
             async fn create_registered_model(&self, name: &str, description: &str, tags: &[(String, String)], now_ms: i64) -> StoreResult<()> {
-                let mut transaction = self.pool.begin().await?;
+                let mut transaction = self.write_transaction().await?;
                 sqlx::query("INSERT INTO models (name, created_ms, description, last_updated_ms) VALUES ($1, $2, $3, $2)")
                     .bind(name)
                     .bind(now_ms)

@@ -124,3 +124,29 @@ async fn a_plane_killed_mid_rollout_finishes_it_after_restart_without_redoing_de
     let deployments = plane.get("/api/v1/deployments").await.1;
     assert_eq!(deployments.as_array().unwrap().len(), 4, "one deployment per device, none redone: {deployments}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_reaches_a_thousand_simulated_agents() {
+    let dir = test_dir();
+    let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
+    let sim = fleetml_firmware_tests::Sim::start(&plane, 1000, "k-", &["--label", "fleet=big", "--heartbeat-seconds", "30"]).await;
+    plane.wait_online(1000).await;
+    let (v1_onnx, _) = demo_models();
+    let v1 = plane.push_ok("classifier", v1_onnx).await;
+    let policy = json!({
+        "target": { "selector": "fleet=big" },
+        "waves": [{ "size": "1%" }, { "size": "10%" }, { "size": "100%" }],
+        "gates": [{ "metric": "install_failure_rate", "max": 0.0, "min_samples": 5 }]
+    });
+    let (status, started) = plane.post("/api/v1/rollouts", &json!({ "model": "classifier", "version": v1, "policy": policy })).await;
+    assert_eq!(status, 201, "{started}");
+    let id = started["id"].as_i64().unwrap();
+    let finished = wait_for("the rollout over 1,000 agents", std::time::Duration::from_secs(300), || async {
+        let status = rollout_status(&plane, id).await;
+        (status["state"] != "running").then_some(status)
+    })
+    .await;
+    assert_eq!(finished["state"], "completed", "{}", finished["events"]);
+    assert_eq!(finished["devices_by_state"]["healthy"], 1000);
+    plane.wait_all_active(&sim.device_ids, "classifier", v1, TIMEOUT).await;
+}
