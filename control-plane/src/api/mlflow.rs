@@ -100,6 +100,22 @@ fn fields<T: DeserializeOwned>(method: &Method, query: &HashMap<String, String>,
     })
 }
 
+/// A request's fields: from the query string for GET (and for a DELETE without a body),
+/// else from the JSON body. Malformed input is MLflow's INVALID_PARAMETER_VALUE.
+struct Fields<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> axum::extract::FromRequest<S> for Fields<T> {
+    type Rejection = MlflowError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, Self::Rejection> {
+        let method = request.method().clone();
+        let query: HashMap<String, String> =
+            Query::<HashMap<String, String>>::try_from_uri(request.uri()).map(|Query(query)| query).unwrap_or_default();
+        let body = Bytes::from_request(request, state).await.map_err(|error| invalid(format!("reading the request body: {error}")))?;
+        fields(&method, &query, &body).map(Fields)
+    }
+}
+
 /// Protobuf JSON sends int64 as a string or a number.
 fn flexible_i64<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
     match Option::<Value>::deserialize(deserializer)? {
@@ -269,13 +285,7 @@ struct CreateExperiment {
     tags: Vec<KeyValue>,
 }
 
-async fn create_experiment(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: CreateExperiment = fields(&method, &query, &body)?;
+async fn create_experiment(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<CreateExperiment>) -> MlflowResult {
     let name = request.name.filter(|name| !name.trim().is_empty()).ok_or_else(|| invalid("Invalid experiment name: ''"))?;
     let tags: Vec<(String, String)> = request.tags.into_iter().map(|tag| (tag.key, tag.value)).collect();
     let artifact_location = request.artifact_location.filter(|location| !location.is_empty());
@@ -296,24 +306,12 @@ struct ExperimentId {
     experiment_name: Option<String>,
 }
 
-async fn get_experiment(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: ExperimentId = fields(&method, &query, &body)?;
+async fn get_experiment(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<ExperimentId>) -> MlflowResult {
     let id = request.experiment_id.ok_or_else(|| invalid("Missing value for required parameter 'experiment_id'"))?;
     Ok(Json(json!({ "experiment": experiment_json(&experiment(&core, &id).await?) })))
 }
 
-async fn get_experiment_by_name(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: ExperimentId = fields(&method, &query, &body)?;
+async fn get_experiment_by_name(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<ExperimentId>) -> MlflowResult {
     let name = request.experiment_name.ok_or_else(|| invalid("Missing value for required parameter 'experiment_name'"))?;
     let found = core
         .store
@@ -367,13 +365,7 @@ fn name_matches(filter: Option<&str>, name: &str) -> Result<bool, MlflowError> {
     }
 }
 
-async fn search_experiments(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: SearchExperiments = fields(&method, &query, &body)?;
+async fn search_experiments(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<SearchExperiments>) -> MlflowResult {
     let view = request.view_type.unwrap_or_else(|| "ACTIVE_ONLY".into());
     let mut found = Vec::new();
     for experiment in core.store.list_experiments().await? {
@@ -391,25 +383,13 @@ async fn search_experiments(
     Ok(Json(json!({ "experiments": found })))
 }
 
-async fn delete_experiment(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: ExperimentId = fields(&method, &query, &body)?;
+async fn delete_experiment(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<ExperimentId>) -> MlflowResult {
     let found = experiment(&core, &request.experiment_id.unwrap_or_default()).await?;
     core.store.set_experiment_lifecycle(found.experiment_id, "deleted", now_ms()).await?;
     Ok(Json(json!({})))
 }
 
-async fn restore_experiment(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: ExperimentId = fields(&method, &query, &body)?;
+async fn restore_experiment(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<ExperimentId>) -> MlflowResult {
     let found = experiment(&core, &request.experiment_id.unwrap_or_default()).await?;
     core.store.set_experiment_lifecycle(found.experiment_id, "active", now_ms()).await?;
     Ok(Json(json!({})))
@@ -423,13 +403,7 @@ struct ExperimentTag {
     value: String,
 }
 
-async fn set_experiment_tag(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: ExperimentTag = fields(&method, &query, &body)?;
+async fn set_experiment_tag(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<ExperimentTag>) -> MlflowResult {
     let found = experiment(&core, &request.experiment_id).await?;
     core.store.set_experiment_tag(found.experiment_id, &request.key, &request.value).await?;
     Ok(Json(json!({})))
@@ -490,13 +464,7 @@ struct CreateRun {
     tags: Vec<KeyValue>,
 }
 
-async fn create_run(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: CreateRun = fields(&method, &query, &body)?;
+async fn create_run(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<CreateRun>) -> MlflowResult {
     let found = experiment(&core, request.experiment_id.as_deref().unwrap_or("0")).await?;
     if found.lifecycle_stage != "active" {
         return Err(invalid(format!("The experiment {} must be in the 'active' state.", found.experiment_id)));
@@ -541,13 +509,7 @@ impl RunId {
     }
 }
 
-async fn get_run(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: RunId = fields(&method, &query, &body)?;
+async fn get_run(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<RunId>) -> MlflowResult {
     Ok(Json(json!({ "run": run_json(&run(&core, &request.id()?).await?) })))
 }
 
@@ -561,13 +523,7 @@ struct UpdateRun {
     run_name: Option<String>,
 }
 
-async fn update_run(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: UpdateRun = fields(&method, &query, &body)?;
+async fn update_run(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<UpdateRun>) -> MlflowResult {
     let run_id = RunId { run_id: request.run_id, run_uuid: request.run_uuid }.id()?;
     let status = match request.status.as_deref() {
         Some(text) => Some(RunStatus::parse(text).ok_or_else(|| invalid(format!("Invalid run status '{text}'")))?),
@@ -582,26 +538,14 @@ async fn update_run(
     Ok(Json(json!({ "run_info": run_info_json(&run(&core, &run_id).await?) })))
 }
 
-async fn delete_run(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: RunId = fields(&method, &query, &body)?;
+async fn delete_run(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<RunId>) -> MlflowResult {
     let run_id = request.id()?;
     run(&core, &run_id).await?;
     core.store.set_run_lifecycle(&run_id, "deleted").await?;
     Ok(Json(json!({})))
 }
 
-async fn restore_run(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: RunId = fields(&method, &query, &body)?;
+async fn restore_run(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<RunId>) -> MlflowResult {
     let run_id = request.id()?;
     run(&core, &run_id).await?;
     core.store.set_run_lifecycle(&run_id, "active").await?;
@@ -645,13 +589,7 @@ async fn active_run(core: &PlaneCore, run_id: &str) -> Result<(), MlflowError> {
     Ok(())
 }
 
-async fn log_metric(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: LogMetric = fields(&method, &query, &body)?;
+async fn log_metric(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<LogMetric>) -> MlflowResult {
     let run_id = RunId { run_id: request.run_id, run_uuid: request.run_uuid }.id()?;
     active_run(&core, &run_id).await?;
     core.store.log_batch(&run_id, &[request.metric.point()?], &[], &[]).await?;
@@ -667,26 +605,14 @@ struct LogKeyValue {
     value: String,
 }
 
-async fn log_parameter(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: LogKeyValue = fields(&method, &query, &body)?;
+async fn log_parameter(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<LogKeyValue>) -> MlflowResult {
     let run_id = RunId { run_id: request.run_id, run_uuid: request.run_uuid }.id()?;
     active_run(&core, &run_id).await?;
     core.store.log_batch(&run_id, &[], &[(request.key, request.value)], &[]).await?;
     Ok(Json(json!({})))
 }
 
-async fn set_tag(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: LogKeyValue = fields(&method, &query, &body)?;
+async fn set_tag(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<LogKeyValue>) -> MlflowResult {
     let run_id = RunId { run_id: request.run_id, run_uuid: request.run_uuid }.id()?;
     active_run(&core, &run_id).await?;
     if request.key == "mlflow.runName" {
@@ -696,13 +622,7 @@ async fn set_tag(
     Ok(Json(json!({})))
 }
 
-async fn delete_tag(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: LogKeyValue = fields(&method, &query, &body)?;
+async fn delete_tag(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<LogKeyValue>) -> MlflowResult {
     let run_id = RunId { run_id: request.run_id, run_uuid: request.run_uuid }.id()?;
     active_run(&core, &run_id).await?;
     core.store.delete_run_tag(&run_id, &request.key).await?;
@@ -725,13 +645,7 @@ const MAX_BATCH_METRICS: usize = 1000;
 const MAX_BATCH_PARAMS: usize = 100;
 const MAX_BATCH_ENTITIES: usize = 1000;
 
-async fn log_batch(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: LogBatch = fields(&method, &query, &body)?;
+async fn log_batch(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<LogBatch>) -> MlflowResult {
     let run_id = RunId { run_id: request.run_id, run_uuid: None }.id()?;
     if request.metrics.len() > MAX_BATCH_METRICS
         || request.params.len() > MAX_BATCH_PARAMS
@@ -764,13 +678,7 @@ struct MetricHistory {
     metric_key: String,
 }
 
-async fn metric_history(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: MetricHistory = fields(&method, &query, &body)?;
+async fn metric_history(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<MetricHistory>) -> MlflowResult {
     let run_id = RunId { run_id: request.run_id, run_uuid: request.run_uuid }.id()?;
     run(&core, &run_id).await?;
     let points = core.store.metric_history(&run_id, &request.metric_key).await?;
@@ -898,13 +806,7 @@ struct CreateRegisteredModel {
     tags: Vec<KeyValue>,
 }
 
-async fn create_registered_model(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: CreateRegisteredModel = fields(&method, &query, &body)?;
+async fn create_registered_model(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<CreateRegisteredModel>) -> MlflowResult {
     check_name(&request.name)?;
     let tags: Vec<(String, String)> = request.tags.into_iter().map(|tag| (tag.key, tag.value)).collect();
     core.store.create_registered_model(&request.name, &request.description, &tags, now_ms()).await?;
@@ -917,13 +819,7 @@ struct ModelName {
     name: String,
 }
 
-async fn get_registered_model(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: ModelName = fields(&method, &query, &body)?;
+async fn get_registered_model(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<ModelName>) -> MlflowResult {
     let model = registered_model(&core, &request.name).await?;
     Ok(Json(json!({ "registered_model": registered_model_json(&core, &model).await? })))
 }
@@ -936,13 +832,7 @@ struct SearchModels {
     page_token: Option<String>,
 }
 
-async fn search_registered_models(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: SearchModels = fields(&method, &query, &body)?;
+async fn search_registered_models(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<SearchModels>) -> MlflowResult {
     let filter = crate::tracking::ModelFilter::parse(request.filter.as_deref().unwrap_or("")).map_err(invalid)?;
     let found: Vec<RegisteredModelRecord> =
         core.store.list_registered_models().await?.into_iter().filter(|model| filter.matches(&model.name, &model.tags)).collect();
@@ -967,13 +857,7 @@ struct UpdateDescription {
     description: String,
 }
 
-async fn update_registered_model(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: UpdateDescription = fields(&method, &query, &body)?;
+async fn update_registered_model(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<UpdateDescription>) -> MlflowResult {
     core.store.update_registered_model(&request.name, &request.description, now_ms()).await?;
     let model = registered_model(&core, &request.name).await?;
     Ok(Json(json!({ "registered_model": registered_model_json(&core, &model).await? })))
@@ -988,25 +872,13 @@ struct ModelTag {
     value: String,
 }
 
-async fn set_registered_model_tag(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: ModelTag = fields(&method, &query, &body)?;
+async fn set_registered_model_tag(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<ModelTag>) -> MlflowResult {
     registered_model(&core, &request.name).await?;
     core.store.set_registered_model_tag(&request.name, &request.key, &request.value).await?;
     Ok(Json(json!({})))
 }
 
-async fn get_latest_versions(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: ModelName = fields(&method, &query, &body)?;
+async fn get_latest_versions(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<ModelName>) -> MlflowResult {
     registered_model(&core, &request.name).await?;
     let versions = core.store.list_versions(Some(&request.name)).await?;
     let mut latest = Vec::new();
@@ -1035,13 +907,7 @@ struct AliasRequest {
     version: Option<String>,
 }
 
-async fn set_alias(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: AliasRequest = fields(&method, &query, &body)?;
+async fn set_alias(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<AliasRequest>) -> MlflowResult {
     let version_text = request.version.ok_or_else(|| invalid("Missing value for required parameter 'version'"))?;
     if request.alias.parse::<i64>().is_ok()
         || request.alias.to_lowercase().starts_with('v') && request.alias[1..].parse::<i64>().is_ok()
@@ -1065,26 +931,14 @@ async fn set_alias(
     Ok(Json(json!({})))
 }
 
-async fn delete_alias(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: AliasRequest = fields(&method, &query, &body)?;
+async fn delete_alias(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<AliasRequest>) -> MlflowResult {
     registered_model(&core, &request.name).await?;
     // Like MLflow: deleting an alias that is not set succeeds.
     core.store.delete_alias(&request.name, &request.alias).await?;
     Ok(Json(json!({})))
 }
 
-async fn get_by_alias(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: AliasRequest = fields(&method, &query, &body)?;
+async fn get_by_alias(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<AliasRequest>) -> MlflowResult {
     let version = core
         .store
         .resolve_alias(&request.name, &request.alias)
@@ -1105,13 +959,7 @@ struct CreateModelVersion {
     tags: Vec<KeyValue>,
 }
 
-async fn create_model_version(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: CreateModelVersion = fields(&method, &query, &body)?;
+async fn create_model_version(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<CreateModelVersion>) -> MlflowResult {
     registered_model(&core, &request.name).await?;
     let run_id = request.run_id.unwrap_or_default();
     let onnx = match artifact_folder(&core, &request.source, &run_id).await? {
@@ -1140,35 +988,17 @@ struct VersionRequest {
     version: String,
 }
 
-async fn get_model_version(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: VersionRequest = fields(&method, &query, &body)?;
+async fn get_model_version(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<VersionRequest>) -> MlflowResult {
     let record = model_version(&core, &request.name, &request.version).await?;
     Ok(Json(json!({ "model_version": model_version_json(&core, &record).await? })))
 }
 
-async fn get_download_uri(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: VersionRequest = fields(&method, &query, &body)?;
+async fn get_download_uri(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<VersionRequest>) -> MlflowResult {
     let record = model_version(&core, &request.name, &request.version).await?;
     Ok(Json(json!({ "artifact_uri": record.source })))
 }
 
-async fn update_model_version(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: UpdateDescription = fields(&method, &query, &body)?;
+async fn update_model_version(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<UpdateDescription>) -> MlflowResult {
     let version = request.version.ok_or_else(|| invalid("Missing value for required parameter 'version'"))?;
     let record = model_version(&core, &request.name, &version).await?;
     core.store.update_model_version_description(&request.name, record.version, &request.description).await?;
@@ -1176,25 +1006,13 @@ async fn update_model_version(
     Ok(Json(json!({ "model_version": model_version_json(&core, &record).await? })))
 }
 
-async fn set_model_version_tag(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: ModelTag = fields(&method, &query, &body)?;
+async fn set_model_version_tag(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<ModelTag>) -> MlflowResult {
     let record = model_version(&core, &request.name, request.version.as_deref().unwrap_or_default()).await?;
     core.store.set_model_version_tag(&request.name, record.version, &request.key, &request.value).await?;
     Ok(Json(json!({})))
 }
 
-async fn search_model_versions(
-    State(core): State<Arc<PlaneCore>>,
-    method: Method,
-    Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
-) -> MlflowResult {
-    let request: SearchModels = fields(&method, &query, &body)?;
+async fn search_model_versions(State(core): State<Arc<PlaneCore>>, Fields(request): Fields<SearchModels>) -> MlflowResult {
     let filter = crate::tracking::VersionFilter::parse(request.filter.as_deref().unwrap_or("")).map_err(invalid)?;
     let mut versions: Vec<ModelVersionRecord> =
         core.store.list_versions(filter.name.as_deref()).await?.into_iter().filter(|version| filter.matches(version)).collect();
