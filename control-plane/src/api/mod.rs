@@ -5,6 +5,7 @@ pub mod error;
 pub mod mlflow;
 pub mod rollouts;
 pub mod runs;
+pub mod splits;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -47,6 +48,9 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
         .route("/rollouts", post(rollouts::start).get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::status))
         .route("/rollouts/{id}/{action}", post(rollouts::action))
+        .route("/splits", post(splits::start))
+        .route("/splits/{id}", get(splits::status))
+        .route("/splits/{id}/promote", post(splits::promote))
         .route("/experiments", get(runs::list_experiments))
         .route("/runs", get(runs::list_runs))
         .route("/runs/compare", get(runs::compare_runs))

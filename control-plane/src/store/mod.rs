@@ -390,4 +390,16 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn update_rollout_device(&self, id: i64, device_id: &str, state: &str, reason: &str, now_ms: i64) -> StoreResult<()>;
     async fn add_rollout_event(&self, id: i64, kind: &str, detail: &str, at_ms: i64) -> StoreResult<()>;
     async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>>;
+    async fn create_split(&self, split: &SplitRecord) -> StoreResult<i64>;
+    async fn get_split(&self, id: i64) -> StoreResult<Option<SplitRecord>>;
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SplitRecord {
+    pub id: i64,
+    pub model: String,
+    pub selector: String,
+    /// JSON: `[{"version": 1, "weight": 0.5}, ...]`.
+    pub variants_json: String,
+    pub created_ms: i64,
 }

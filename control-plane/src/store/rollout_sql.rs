@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::sql::{PostgresStore, SqliteStore};
-use super::{RolloutDeviceRecord, RolloutEvent, RolloutRecord, RolloutStore, StoreResult};
+use super::{RolloutDeviceRecord, RolloutEvent, RolloutRecord, RolloutStore, SplitRecord, StoreResult};
 
 macro_rules! row_to_rollout {
     ($row:expr) => {{
@@ -128,6 +128,31 @@ macro_rules! impl_rollout_store {
             async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>> {
                 let rows = sqlx::query("SELECT at_ms, kind, detail FROM rollout_events WHERE rollout_id = $1 ORDER BY id").bind(id).fetch_all(&self.pool).await?;
                 rows.iter().map(|row| Ok(RolloutEvent { at_ms: row.try_get("at_ms")?, kind: row.try_get("kind")?, detail: row.try_get("detail")? })).collect()
+            }
+
+            async fn create_split(&self, split: &SplitRecord) -> StoreResult<i64> {
+                let row = sqlx::query("INSERT INTO splits (model, selector, variants, created_ms) VALUES ($1, $2, $3, $4) RETURNING id")
+                    .bind(&split.model)
+                    .bind(&split.selector)
+                    .bind(&split.variants_json)
+                    .bind(split.created_ms)
+                    .fetch_one(&self.pool)
+                    .await?;
+                Ok(row.try_get("id")?)
+            }
+
+            async fn get_split(&self, id: i64) -> StoreResult<Option<SplitRecord>> {
+                let row = sqlx::query("SELECT * FROM splits WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
+                row.map(|row| {
+                    Ok(SplitRecord {
+                        id: row.try_get("id")?,
+                        model: row.try_get("model")?,
+                        selector: row.try_get("selector")?,
+                        variants_json: row.try_get("variants")?,
+                        created_ms: row.try_get("created_ms")?,
+                    })
+                })
+                .transpose()
             }
         }
     };

@@ -150,3 +150,56 @@ async fn a_rollout_reaches_a_thousand_simulated_agents() {
     assert_eq!(finished["devices_by_state"]["healthy"], 1000);
     plane.wait_all_active(&sim.device_ids, "classifier", v1, TIMEOUT).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_split_assigns_by_stable_hash_reports_per_variant_and_promotes_the_winner() {
+    let dir = test_dir();
+    let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
+    let sim = fleetml_firmware_tests::Sim::start(&plane, 8, "ab-", &["--label", "fleet=ab"]).await;
+    plane.wait_online(8).await;
+    let (v1_onnx, v2_onnx) = demo_models();
+    let v1 = plane.push_ok("classifier", v1_onnx).await;
+    let v2 = plane.push_ok("classifier", v2_onnx).await;
+    let body = json!({ "model": "classifier", "selector": "fleet=ab", "variants": [{ "version": v1, "weight": 0.5 }, { "version": v2, "weight": 0.5 }] });
+    let (status, split) = plane.post("/api/v1/splits", &body).await;
+    assert_eq!(status, 201, "{split}");
+    let id = split["id"].as_i64().unwrap();
+    let members: Vec<Vec<String>> =
+        split["variants"].as_array().unwrap().iter().map(|variant| serde_json::from_value(variant["devices"].clone()).unwrap()).collect();
+    assert_eq!(members.iter().map(Vec::len).sum::<usize>(), 8, "every device has one variant");
+    // The assignment is a pure function of the split and the device: asking again gives the same.
+    let again = plane.get(&format!("/api/v1/splits/{id}")).await.1;
+    assert_eq!(again["variants"][0]["devices"], split["variants"][0]["devices"]);
+    for (variant_members, version) in members.iter().zip([v1, v2]) {
+        plane.wait_all_active(variant_members, "classifier", version, TIMEOUT).await;
+        if let Some(device_id) = variant_members.first() {
+            let url = format!("{}/devices/{device_id}/v2/models/classifier/infer", sim.api);
+            let answer: Value = reqwest::Client::new()
+                .post(url)
+                .json(&fleetml_firmware_tests::features_request(&[[0.3; 4]]))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert_eq!(answer["model_version"], version.to_string());
+        }
+    }
+    let with_figures = wait_for("per-variant figures", TIMEOUT, || async {
+        let view = plane.get(&format!("/api/v1/splits/{id}")).await.1;
+        let variants = view["variants"].as_array()?.clone();
+        variants
+            .iter()
+            .zip(&members)
+            .all(|(variant, variant_members)| variant_members.is_empty() || variant["requests"].as_i64() >= Some(1))
+            .then_some(view)
+    })
+    .await;
+    assert_eq!(with_figures["variants"][1]["errors"], 0);
+
+    let (status, rollout) = plane.post(&format!("/api/v1/splits/{id}/promote"), &json!({ "version": v2 })).await;
+    assert_eq!(status, 201, "{rollout}");
+    wait_rollout_state(&plane, rollout["id"].as_i64().unwrap(), "completed").await;
+    plane.wait_all_active(&sim.device_ids, "classifier", v2, TIMEOUT).await;
+}

@@ -1,0 +1,183 @@
+//! A/B splits over REST: a cohort divided between model versions by a stable hash of the
+//! device id (`rollout::assignment`), per-variant figures side by side, and promotion of the
+//! winner into a staged rollout.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use fleetml_shared::histogram::Histogram;
+use fleetml_shared::selector::Selector;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::error::ApiError;
+use super::rollouts::{RolloutView, StartRollout};
+use crate::PlaneCore;
+use crate::api::views::parse_slots;
+use crate::deployment::ControllerCommand;
+use crate::rollout::assignment::assign;
+use crate::store::{DeploymentTarget, SplitRecord};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    pub version: i64,
+    pub weight: f64,
+}
+
+#[derive(Deserialize)]
+pub struct StartSplit {
+    pub model: String,
+    pub selector: String,
+    pub variants: Vec<Variant>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VariantView {
+    pub version: i64,
+    pub weight: f64,
+    pub devices: Vec<String>,
+    /// Devices of this variant that run its version now.
+    pub active: usize,
+    pub requests: i64,
+    pub errors: i64,
+    pub error_rate: Option<f64>,
+    pub latency_p50_us: Option<f64>,
+    pub latency_p95_us: Option<f64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitView {
+    pub id: i64,
+    pub model: String,
+    pub selector: String,
+    pub created_ms: i64,
+    pub variants: Vec<VariantView>,
+}
+
+fn salt(split: &SplitRecord) -> String {
+    format!("split-{}", split.id)
+}
+
+fn weights(variants: &[Variant]) -> Vec<(String, f64)> {
+    variants.iter().map(|variant| (variant.version.to_string(), variant.weight)).collect()
+}
+
+async fn view(core: &PlaneCore, split: &SplitRecord) -> Result<SplitView, ApiError> {
+    let variants: Vec<Variant> = serde_json::from_str(&split.variants_json).map_err(|error| ApiError::Internal(error.to_string()))?;
+    let selector = Selector::parse(&split.selector).map_err(|error| ApiError::Internal(error.to_string()))?;
+    let devices = core.store.list_devices().await?;
+    let windows = core.store.windows_since(&split.model, None, split.created_ms).await?;
+    let weights = weights(&variants);
+    let mut views = Vec::new();
+    for variant in &variants {
+        let version_text = variant.version.to_string();
+        let members: Vec<&crate::store::DeviceRecord> = devices
+            .iter()
+            .filter(|device| {
+                selector.matches(&device.labels) && assign(&salt(split), &device.device_id, &weights) == Some(version_text.as_str())
+            })
+            .collect();
+        let member_ids: BTreeSet<&str> = members.iter().map(|device| device.device_id.as_str()).collect();
+        let active = members
+            .iter()
+            .filter(|device| {
+                parse_slots(&device.slots_json)
+                    .iter()
+                    .any(|slot| slot.model == split.model && slot.active_version == Some(variant.version as u64))
+            })
+            .count();
+        let (mut requests, mut errors, mut latency) = (0i64, 0i64, Histogram::default());
+        for window in windows.iter().filter(|window| window.version == variant.version && member_ids.contains(window.device_id.as_str())) {
+            requests += window.requests;
+            errors += window.errors;
+            latency.merge(&window.latency_us);
+        }
+        views.push(VariantView {
+            version: variant.version,
+            weight: variant.weight,
+            devices: member_ids.iter().map(|id| id.to_string()).collect(),
+            active,
+            requests,
+            errors,
+            error_rate: (requests > 0).then(|| errors as f64 / requests as f64),
+            latency_p50_us: latency.quantile(0.5),
+            latency_p95_us: latency.quantile(0.95),
+        });
+    }
+    Ok(SplitView {
+        id: split.id,
+        model: split.model.clone(),
+        selector: split.selector.clone(),
+        created_ms: split.created_ms,
+        variants: views,
+    })
+}
+
+pub async fn start(State(core): State<Arc<PlaneCore>>, Json(request): Json<StartSplit>) -> Result<(StatusCode, Json<SplitView>), ApiError> {
+    let selector = Selector::parse(&request.selector).map_err(|error| ApiError::BadRequest(error.to_string()))?;
+    if request.variants.len() < 2 || request.variants.iter().any(|variant| !(variant.weight.is_finite() && variant.weight > 0.0)) {
+        return Err(ApiError::BadRequest("a split needs at least two variants with positive weights".into()));
+    }
+    for variant in &request.variants {
+        let record = core
+            .store
+            .get_version(&request.model, variant.version)
+            .await?
+            .ok_or_else(|| ApiError::NotFound(format!("{}@{}", request.model, variant.version)))?;
+        if !record.is_deployable() {
+            return Err(ApiError::BadRequest(format!("{}@{} has no signed bundle", request.model, variant.version)));
+        }
+    }
+    let now_ms = fleetml_shared::now_ms() as i64;
+    let mut split = SplitRecord {
+        id: 0,
+        model: request.model.clone(),
+        selector: selector.to_string(),
+        variants_json: serde_json::to_string(&request.variants).map_err(|error| ApiError::Internal(error.to_string()))?,
+        created_ms: now_ms,
+    };
+    split.id = core.store.create_split(&split).await?;
+    // Each device's variant becomes its deployment: the one path to desired state.
+    let weights = weights(&request.variants);
+    for device in core.store.list_devices().await?.iter().filter(|device| selector.matches(&device.labels)) {
+        if let Some(version) = assign(&salt(&split), &device.device_id, &weights).and_then(|version| version.parse::<i64>().ok()) {
+            core.store.insert_deployment(&request.model, version, &DeploymentTarget::Device(device.device_id.clone()), now_ms).await?;
+        }
+    }
+    core.controller.request(ControllerCommand::ReconcileAll);
+    Ok((StatusCode::CREATED, Json(view(&core, &split).await?)))
+}
+
+pub async fn status(State(core): State<Arc<PlaneCore>>, Path(id): Path<i64>) -> Result<Json<SplitView>, ApiError> {
+    let split = core.store.get_split(id).await?.ok_or_else(|| ApiError::NotFound(format!("split {id}")))?;
+    Ok(Json(view(&core, &split).await?))
+}
+
+#[derive(Deserialize)]
+pub struct Promote {
+    pub version: i64,
+    /// A rollout policy; its target defaults to the split's selector.
+    pub policy: Option<Value>,
+}
+
+/// Promotes the winner: a staged rollout of its version to the split's cohort.
+pub async fn promote(
+    State(core): State<Arc<PlaneCore>>,
+    Path(id): Path<i64>,
+    Json(request): Json<Promote>,
+) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
+    let split = core.store.get_split(id).await?.ok_or_else(|| ApiError::NotFound(format!("split {id}")))?;
+    let variants: Vec<Variant> = serde_json::from_str(&split.variants_json).map_err(|error| ApiError::Internal(error.to_string()))?;
+    if !variants.iter().any(|variant| variant.version == request.version) {
+        return Err(ApiError::BadRequest(format!("version {} is not a variant of split {id}", request.version)));
+    }
+    let policy = request.policy.unwrap_or_else(|| {
+        serde_json::json!({ "target": { "selector": split.selector }, "waves": [{ "size": "10%" }, { "size": "100%" }],
+            "gates": [{ "metric": "install_failure_rate", "max": 0.0 }] })
+    });
+    super::rollouts::start(State(core), Json(StartRollout { model: split.model, version: Some(request.version), alias: None, policy }))
+        .await
+}
