@@ -11,6 +11,9 @@ use super::{
     VersionEvent,
 };
 
+/// Rows per multi-row INSERT: 6 parameters each stays under SQLite's 32,766-parameter limit.
+const METRIC_ROWS_PER_INSERT: usize = 500;
+
 fn unique_violation(error: &sqlx::Error) -> bool {
     matches!(error, sqlx::Error::Database(database_error) if database_error.is_unique_violation())
 }
@@ -290,17 +293,21 @@ macro_rules! impl_tracking_store {
                 }
                 // The newest point per key in this batch, to fold into latest_metrics once.
                 let mut newest: BTreeMap<&str, &MetricPoint> = BTreeMap::new();
+                // Multi-row inserts: a 1,000-metric batch is a few statements, not a thousand.
+                for rows in metrics.chunks(METRIC_ROWS_PER_INSERT) {
+                    let mut insert = sqlx::QueryBuilder::new("INSERT INTO metrics (run_id, key, value, is_nan, timestamp, step) ");
+                    insert.push_values(rows, |mut row, metric| {
+                        let is_nan = metric.value.is_nan();
+                        row.push_bind(run_id)
+                            .push_bind(&metric.key)
+                            .push_bind(if is_nan { 0.0 } else { metric.value })
+                            .push_bind(is_nan)
+                            .push_bind(metric.timestamp)
+                            .push_bind(metric.step);
+                    });
+                    insert.build().execute(&mut *transaction).await?;
+                }
                 for metric in metrics {
-                    let is_nan = metric.value.is_nan();
-                    sqlx::query("INSERT INTO metrics (run_id, key, value, is_nan, timestamp, step) VALUES ($1, $2, $3, $4, $5, $6)")
-                        .bind(run_id)
-                        .bind(&metric.key)
-                        .bind(if is_nan { 0.0 } else { metric.value })
-                        .bind(is_nan)
-                        .bind(metric.timestamp)
-                        .bind(metric.step)
-                        .execute(&mut *transaction)
-                        .await?;
                     let entry = newest.entry(metric.key.as_str()).or_insert(metric);
                     if (metric.step, metric.timestamp) >= (entry.step, entry.timestamp) {
                         *entry = metric;
