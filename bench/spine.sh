@@ -8,7 +8,8 @@
 #           (release binary, then the dist binary)
 #   rps     requests/s at batch 1, agent and FastAPI+onnxruntime peer each pinned to core 0,
 #           wrk pinned to core 1, alternated RUNS times in the same run
-#   bounds  what bounds req/s: GET /v2/health/live (HTTP stack alone) and batch 64, side by side
+#   bounds  what bounds req/s: GET /v2/health/live (HTTP stack alone) and batch 64, side by side,
+#           and the agent alone answering 400 to a fully parsed body (no inference)
 #   demo    `fleetml demo --once` DEMO_RUNS times: time for the 20-device fleet to converge on v1, v2
 #           (the demo polls every 200 ms, so its figure is a multiple of that poll)
 #   converge the same rollout timed from the plane's records instead of a poll: a plane, one
@@ -24,6 +25,9 @@
 #   RUNS=3 DURATION=10s WARMUP=2s  BOUNDS_DURATION=5s  N_REQUESTS=10000  DEMO_RUNS=3
 #   PEER_PYTHON=/work/venv-peers/bin/python  PEER_SCRIPT=/work/shared/peers/fastapi_oip.py
 #   KEEP_WORK=1 keeps the temporary folder (logs of every process) after the run.
+# The binaries are copied into the temporary folder before anything runs (the target folder may be
+# shared with other sessions' builds); their source, from cargo's dep-info, is printed and must be
+# the same for the plane and both agents.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -142,7 +146,9 @@ mib() { awk -v kb="$1" 'BEGIN {printf "%.1f", kb / 1024}'; }
 # rss_line LABEL PID: prints and returns (in RSS_KB) the resident memory of PID.
 rss_line() {
     RSS_KB=$(rss_kb "$2")
-    log "$(printf '%-62s VmRSS %6d kB = %5s MiB  (VmHWM %s MiB, %s threads)' "$1" "$RSS_KB" "$(mib "$RSS_KB")" "$(mib "$(hwm_kb "$2")")" "$(awk '/^Threads:/ {print $2}' "/proc/$2/status")")"
+    # RssFile is the binary's (and libraries') pages mapped from the page cache: shared and
+    # evictable, and larger when the file is fully cached (as for the fresh copies run here).
+    log "$(printf '%-62s VmRSS %6d kB = %5s MiB  (anon %s MiB, file %s MiB; VmHWM %s MiB, %s threads)' "$1" "$RSS_KB" "$(mib "$RSS_KB")" "$(mib "$(awk '/^RssAnon:/ {print $2}' "/proc/$2/status")")" "$(mib "$(awk '/^RssFile:/ {print $2}' "/proc/$2/status")")" "$(mib "$(hwm_kb "$2")")" "$(awk '/^Threads:/ {print $2}' "/proc/$2/status")")"
 }
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR] = $1} END {if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
@@ -249,8 +255,9 @@ check_answer() {
         --data-binary "$(lua_body)" "${API_OF[$name]}/v2/models/$MODEL/infer")
     [[ $code == 200 ]] || die "$name answered HTTP $code: $(cat "$WORK/answer-$name.json")"
     LABEL=$(jq -c '.outputs[] | select(.name == "label") | .data' "$WORK/answer-$name.json")
+    LABEL_TYPE=$(jq -r '.outputs[] | select(.name == "label") | .datatype' "$WORK/answer-$name.json")
     [[ -n $LABEL ]] || die "$name answered without a label: $(cat "$WORK/answer-$name.json")"
-    log "$name: HTTP 200, label $LABEL, probabilities $(jq -c '.outputs[] | select(.name == "probabilities") | .data | map(. * 1000 | round / 1000)' "$WORK/answer-$name.json")"
+    log "$name: HTTP 200, label $LABEL ($LABEL_TYPE), probabilities $(jq -c '.outputs[] | select(.name == "probabilities") | .data | map(. * 1000 | round / 1000)' "$WORK/answer-$name.json")"
 }
 
 # rps targets: the agent pinned with one inference thread, and the peer, both on SERVER_CORE.
@@ -265,9 +272,10 @@ start_rps_targets() {
     input=$(curl -sf "${API_OF[bench-pinned]}/v2/models/$MODEL" | jq -r '.inputs[0].name')
     [[ $input == input ]] || die "the agent's model input is \`$input\`, the Lua body sends \`input\`"
     check_answer bench-pinned
-    local agent_label=$LABEL
+    local agent_label=$LABEL agent_type=$LABEL_TYPE
     check_answer peer
     [[ $agent_label == "$LABEL" ]] || die "labels differ: agent $agent_label, peer $LABEL"
+    [[ $agent_type == "$LABEL_TYPE" ]] || log "WARNING: the label's datatype differs: agent $agent_type, peer $LABEL_TYPE"
     log "both answer HTTP 200 with label $LABEL for the Lua body; affinity: agent $(taskset -cp "${PID_OF[bench-pinned]}" | sed 's/.*: //'), peer $(taskset -cp "${PID_OF[peer]}" | sed 's/.*: //')"
 }
 
@@ -289,6 +297,11 @@ machine_info() {
     log "rustc: $(rustc --version 2>/dev/null || echo unknown)"
     log "wrk: $(wrk -v 2>&1 | head -n 1 | cut -d' ' -f1-2)"
     log "peer: $("$PEER_PYTHON" -c 'import onnxruntime, fastapi, uvicorn, numpy; print("onnxruntime", onnxruntime.__version__, "fastapi", fastapi.__version__, "uvicorn", uvicorn.__version__, "numpy", numpy.__version__)')"
+}
+
+# built_from BINARY: the source folder that cargo's dep-info (BINARY.d) names.
+built_from() {
+    awk '{for (i = 2; i <= NF; i++) if ($i ~ /\/agent\/src\//) {sub(/\/agent\/src\/.*/, "", $i); print $i; exit}}' "$1.d" 2>/dev/null || true
 }
 
 build() {
@@ -317,14 +330,11 @@ build() {
         else
             die "SOURCE must be commit or worktree"
         fi
-        # Cargo decides freshness from file times, and a git archive carries the commit's times:
-        # when the last build here came from another source, drop the workspace crates' artifacts
-        # so that nothing stale is measured (dependencies stay built).
-        if [[ $(head -n 1 "$stamp" 2>/dev/null | cut -f1) != "$key" ]]; then
-            log "last build here came from another source: cleaning the workspace crates' artifacts"
-            (cd "$src" && cargo clean -p fleetml-shared -p fleetml-agent -p fleetml-plane --release &&
-                cargo clean -p fleetml-shared -p fleetml-agent --profile dist) || die "cargo clean"
-        fi
+        # Cargo decides freshness from file times, a git archive carries the commit's times, and
+        # this target folder may be shared with builds of other sources: always rebuild the
+        # workspace crates so that nothing stale is measured (dependencies stay built).
+        (cd "$src" && cargo clean -p fleetml-shared -p fleetml-agent -p fleetml-plane --release &&
+            cargo clean -p fleetml-shared -p fleetml-agent --profile dist) || die "cargo clean"
         rm -f "$stamp"
         log "building $description"
         (cd "$src" && cargo build --release -p fleetml-plane -p fleetml-agent --bins) || die "release build"
@@ -334,11 +344,25 @@ build() {
         log "BUILD=0: using the binaries as they are"
     fi
     log "MEASURED: $(cut -f2 "$stamp" 2>/dev/null || echo 'binaries of unknown source (no stamp)')"
-    local bin
+    # The target folder may be shared with other benchmark sessions: note where each binary was
+    # built from (its dep-info names the source files), refuse a plane and agents from different
+    # sources, and run copies so that a rebuild during the run cannot swap them.
+    local bin sources=() from
     for bin in "$FLEETML" "$AGENT_RELEASE" "$AGENT_DIST"; do
         [[ -x $bin ]] || die "$bin missing (run with BUILD=1)"
-        log "$bin  built $(date -u -r "$bin" +%Y-%m-%dT%H:%M:%SZ)"
+        from=$(built_from "$bin")
+        log "$bin  built $(date -u -r "$bin" +%Y-%m-%dT%H:%M:%SZ) from ${from:-?}"
+        sources+=("${from:-?}")
     done
+    [[ ${sources[0]} == "${sources[1]}" && ${sources[1]} == "${sources[2]}" ]] ||
+        die "the plane and the agents were built from different sources (${sources[*]}): rebuild with BUILD=1"
+    mkdir -p "$WORK/bin"
+    cp "$FLEETML" "$WORK/bin/fleetml"
+    cp "$AGENT_RELEASE" "$WORK/bin/fleetml-agent"
+    cp "$AGENT_DIST" "$WORK/bin/fleetml-agent-dist"
+    FLEETML=$WORK/bin/fleetml
+    AGENT_RELEASE=$WORK/bin/fleetml-agent
+    AGENT_DIST=$WORK/bin/fleetml-agent-dist
 }
 
 figure_size() {
