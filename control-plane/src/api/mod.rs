@@ -330,26 +330,14 @@ async fn device_views(core: &PlaneCore) -> Result<Vec<DeviceView>, ApiError> {
         .map(|device| {
             let mut view = DeviceView::from_record(device);
             for record in desired.iter().filter(|record| record.device_id == device.device_id) {
-                let slot = match view.slots.iter_mut().find(|slot| slot.model == record.model) {
-                    Some(slot) => slot,
+                let slot_idx = match view.slots.iter().position(|slot| slot.model == record.model) {
+                    Some(slot_idx) => slot_idx,
                     None => {
-                        view.slots.push(views::SlotView {
-                            model: record.model.clone(),
-                            generation: 0,
-                            phase: "pending".into(),
-                            received_bytes: None,
-                            total_bytes: None,
-                            fetch_attempts: None,
-                            active_version: None,
-                            previous_version: None,
-                            target_version: None,
-                            last_result: None,
-                            desired_version: None,
-                            desired_generation: None,
-                        });
-                        view.slots.last_mut().expect("just pushed")
+                        view.slots.push(views::SlotView::pending(&record.model));
+                        view.slots.len() - 1
                     }
                 };
+                let slot = &mut view.slots[slot_idx];
                 slot.desired_version = record.version.map(|version| version as u64);
                 slot.desired_generation = Some(record.generation as u64);
             }

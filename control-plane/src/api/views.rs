@@ -43,6 +43,24 @@ pub struct InstallResultView {
 }
 
 impl SlotView {
+    /// A slot the plane has a desired state for but the device has not reported yet.
+    pub fn pending(model: &str) -> Self {
+        SlotView {
+            model: model.to_string(),
+            generation: 0,
+            phase: "pending".into(),
+            received_bytes: None,
+            total_bytes: None,
+            fetch_attempts: None,
+            active_version: None,
+            previous_version: None,
+            target_version: None,
+            last_result: None,
+            desired_version: None,
+            desired_generation: None,
+        }
+    }
+
     pub fn from_report(report: &SlotReport) -> Self {
         let (phase, received_bytes, total_bytes) = match &report.phase {
             SlotPhase::Idle => ("idle", None, None),
