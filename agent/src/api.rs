@@ -26,11 +26,13 @@ pub struct ApiState {
     hosts: Arc<RwLock<HashMap<String, Arc<ModelHost>>>>,
     default_device: Option<String>,
     pool: InferencePool,
+    shadow_permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl ApiState {
     pub fn new(pool: InferencePool, default_device: Option<String>) -> Self {
-        ApiState { hosts: Arc::new(RwLock::new(HashMap::new())), default_device, pool }
+        let shadow_permits = Arc::new(tokio::sync::Semaphore::new(crate::shadow::MAX_SHADOW_IN_FLIGHT));
+        ApiState { hosts: Arc::new(RwLock::new(HashMap::new())), default_device, pool, shadow_permits }
     }
 
     pub fn add_host(&self, host: Arc<ModelHost>) {
@@ -317,12 +319,17 @@ async fn infer(
             return Err(ApiError::BadRequest(format!("model `{}` has no output `{}`", model.model, wanted.name)));
         }
     }
+    // The inputs are copied only when a shadow candidate will need them.
+    let shadow = host.shadow(&model.model).map(|candidate| (candidate, inputs.clone()));
     let started = Instant::now();
     let result = state.pool.run(model.clone(), inputs).await;
     let latency_us = started.elapsed().as_micros() as u64;
     let outputs = match result {
         Ok(outputs) => {
             host.record(&model.model, model.version, latency_us, true);
+            if let Some((candidate, shadow_inputs)) = shadow {
+                crate::shadow::mirror(&state.pool, &state.shadow_permits, host.clone(), &model, candidate, shadow_inputs, outputs.clone());
+            }
             outputs
         }
         Err(error) => {

@@ -12,6 +12,7 @@ pub mod inference;
 pub mod install;
 pub mod link;
 pub mod reconciler;
+pub mod shadow;
 pub mod sim;
 pub mod storage;
 pub mod telemetry;

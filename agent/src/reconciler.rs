@@ -10,7 +10,7 @@ use fleetml_shared::bundle::{BundleDigest, SignedManifest, VerifiedManifest};
 use fleetml_shared::now_ms;
 use fleetml_shared::protocol::{
     self, ChunkMessage, DesiredSlot, DesiredTarget, FailureKind, FetchRequest, InstallOutcome, InstallResult, InstalledBundle, Reported,
-    ReportedState, RollbackPermission, SignedDesiredState, SlotPhase, SlotReport,
+    ReportedState, RollbackPermission, SignedDesiredState, SlotPhase, SlotReport, SlotRole,
 };
 use fleetml_shared::topics::Topics;
 use tokio::sync::mpsc;
@@ -119,7 +119,7 @@ impl Reconciler {
                 match self.load_installed(installed.digest).await {
                     Ok(loaded) => {
                         tracing::info!(%model, version = installed.version, "restored active model");
-                        self.host.swap(loaded.model);
+                        serve(&self.host, &model, loaded.model);
                         slot.active = Some(installed);
                         slot.previous = if candidate_idx == 0 {
                             persisted_slot.previous.as_ref().and_then(PersistedBundle::to_installed)
@@ -261,7 +261,10 @@ impl Reconciler {
                     slot.previous = Some(active);
                 }
                 slot.phase = SlotPhase::Idle;
-                self.host.remove(&desired.model);
+                match protocol::split_slot(&desired.model) {
+                    (model, SlotRole::Active) => self.host.remove(model),
+                    (model, SlotRole::Shadow) => self.host.remove_shadow(model),
+                };
                 self.persist();
             }
             DesiredTarget::Bundle { manifest, role: _, rollback } => {
@@ -301,8 +304,9 @@ impl Reconciler {
             }
         };
         let version = verified.manifest.version;
-        if verified.manifest.model != model {
-            let reason = format!("bundle is for model `{}`, not `{model}`", verified.manifest.model);
+        let (slot_model, _) = protocol::split_slot(model);
+        if verified.manifest.model != slot_model {
+            let reason = format!("bundle is for model `{}`, not `{slot_model}`", verified.manifest.model);
             return self.fail(model, generation, version, FailureKind::Manifest, reason);
         }
         let slot = self.slots.entry(model.to_string()).or_default();
@@ -472,7 +476,7 @@ impl Reconciler {
         let version = target.verified.manifest.version;
         match done.result {
             Ok(installed) => {
-                self.host.swap(installed.model);
+                serve(&self.host, &done.model, installed.model);
                 let new_active = InstalledBundle { version, digest: done.digest };
                 if let Some(old) = slot.active.replace(new_active) {
                     slot.previous = Some(old);
@@ -577,4 +581,12 @@ impl Reconciler {
         let report = Reported::Online(self.reported_state());
         self.link.publish(self.topics.reported(&self.config.device_id), true, protocol::encode(&report)).await;
     }
+}
+
+/// Puts a loaded model in service in its slot's role: answering, or shadowing.
+fn serve(host: &ModelHost, slot_key: &str, loaded: Arc<crate::inference::LoadedModel>) {
+    match protocol::split_slot(slot_key).1 {
+        SlotRole::Active => host.swap(loaded),
+        SlotRole::Shadow => host.swap_shadow(loaded),
+    };
 }

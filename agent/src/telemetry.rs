@@ -1,11 +1,12 @@
 //! Heartbeats: uptime, CPU and memory, and per model version the request and error counts
-//! and a mergeable latency histogram for the window since the previous heartbeat.
+//! and a mergeable latency histogram for the window since the previous heartbeat; and shadow
+//! candidates' agreement and latency when any ran.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleetml_shared::now_ms;
-use fleetml_shared::protocol::{self, Heartbeat, Telemetry};
+use fleetml_shared::protocol::{self, Heartbeat, ShadowReport, Telemetry};
 use fleetml_shared::topics::Topics;
 use sysinfo::{Pid, ProcessRefreshKind, ProcessesToUpdate, System};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -96,6 +97,7 @@ impl TelemetryActor {
             }
             seq += 1;
             let figures = self.probe.figures();
+            let window_ms = last_sent.elapsed().as_millis() as u64;
             let heartbeat = Heartbeat {
                 device_id: self.host.device_id.clone(),
                 seq,
@@ -105,7 +107,7 @@ impl TelemetryActor {
                 memory_used_bytes: figures.memory_used_bytes,
                 memory_total_bytes: figures.memory_total_bytes,
                 process_rss_bytes: figures.process_rss_bytes,
-                window_ms: last_sent.elapsed().as_millis() as u64,
+                window_ms,
                 models: self.host.drain_figures(),
                 refused_messages: self.host.refused_messages.load(std::sync::atomic::Ordering::Relaxed),
             };
@@ -113,6 +115,14 @@ impl TelemetryActor {
             let payload = protocol::encode(&Telemetry::Heartbeat(heartbeat));
             if !self.link.publish_or_drop(self.topics.telemetry(&self.host.device_id), payload) {
                 tracing::debug!(seq, "heartbeat dropped: the link's queue is full (offline?)");
+            }
+            let shadow_figures = self.host.drain_shadow_figures();
+            if !shadow_figures.is_empty() {
+                let report =
+                    ShadowReport { device_id: self.host.device_id.clone(), sent_at_ms: now_ms(), window_ms, figures: shadow_figures };
+                if !self.link.publish_or_drop(self.topics.telemetry(&self.host.device_id), protocol::encode(&Telemetry::Shadow(report))) {
+                    tracing::debug!(seq, "shadow report dropped: the link's queue is full (offline?)");
+                }
             }
         }
         Ok(())

@@ -200,6 +200,60 @@ pub fn print_comparison(comparison: &RunComparison) {
     }
 }
 
+fn micros(value: Option<f64>) -> String {
+    value.map(|value| format!("{value:.0} µs")).unwrap_or_else(|| "-".into())
+}
+
+fn percent(value: Option<f64>) -> String {
+    value.map(|value| format!("{:.2}%", value * 100.0)).unwrap_or_else(|| "-".into())
+}
+
+pub fn print_split(view: &crate::api::splits::SplitView) {
+    println!("split {} of {} over `{}`", view.id, view.model, view.selector);
+    println!(
+        "  {:>7} {:>6} {:>7} {:>6} {:>9} {:>8} {:>10} {:>10}",
+        "VERSION", "WEIGHT", "DEVICES", "ACTIVE", "REQUESTS", "ERRORS", "P50", "P95"
+    );
+    for variant in &view.variants {
+        println!(
+            "  {:>7} {:>6.2} {:>7} {:>6} {:>9} {:>8} {:>10} {:>10}",
+            variant.version,
+            variant.weight,
+            variant.devices.len(),
+            variant.active,
+            variant.requests,
+            percent(variant.error_rate),
+            micros(variant.latency_p50_us),
+            micros(variant.latency_p95_us)
+        );
+    }
+}
+
+pub fn print_shadow(view: &crate::api::shadows::ShadowView) {
+    if view.candidates.is_empty() {
+        println!("{}: no shadow candidate has run", view.model);
+    }
+    for candidate in &view.candidates {
+        println!(
+            "{}@{} shadow on {} devices ({} reporting): {} requests, {} rows, agreement {}, mean delta {}, max delta {}; \
+             latency p95 {} (active {}); {} errors, {} skipped",
+            view.model,
+            candidate.candidate_version,
+            candidate.devices_running,
+            candidate.devices_reporting,
+            candidate.requests,
+            candidate.rows,
+            percent(candidate.agreement),
+            candidate.mean_delta.map(|value| format!("{value:.4}")).unwrap_or("-".into()),
+            candidate.max_delta.map(|value| format!("{value:.4}")).unwrap_or("-".into()),
+            micros(candidate.candidate_latency_p95_us),
+            micros(candidate.active_latency_p95_us),
+            candidate.errors,
+            candidate.skipped
+        );
+    }
+}
+
 pub fn print_rollout(view: &RolloutView) {
     let states: Vec<String> = view.devices_by_state.iter().map(|(state, n)| format!("{n} {state}")).collect();
     println!(

@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::PlaneCore;
 use crate::api::views::parse_slots;
-use crate::store::{DeploymentRecord, DeploymentTarget, DesiredRecord, DeviceRecord, StoreError};
+use crate::store::{DeploymentRecord, DeploymentRole, DeploymentTarget, DesiredRecord, DeviceRecord, StoreError};
 
 #[derive(Debug)]
 pub enum ControllerCommand {
@@ -89,9 +89,22 @@ pub fn targets(deployment: &DeploymentRecord, device: &DeviceRecord) -> bool {
     }
 }
 
-/// The deployment that decides a model's version on a device: the newest one targeting it.
+/// The deployment that decides a model's active version on a device: the newest one targeting it.
 pub fn deciding_deployment<'a>(deployments: &'a [DeploymentRecord], model: &str, device: &DeviceRecord) -> Option<&'a DeploymentRecord> {
-    deployments.iter().filter(|deployment| deployment.model == model && targets(deployment, device)).max_by_key(|deployment| deployment.id)
+    deciding_deployment_in(deployments, model, DeploymentRole::Active, device)
+}
+
+/// The deployment that decides what a device holds in one of a model's slots.
+pub fn deciding_deployment_in<'a>(
+    deployments: &'a [DeploymentRecord],
+    model: &str,
+    role: DeploymentRole,
+    device: &DeviceRecord,
+) -> Option<&'a DeploymentRecord> {
+    deployments
+        .iter()
+        .filter(|deployment| deployment.model == model && deployment.role == role && targets(deployment, device))
+        .max_by_key(|deployment| deployment.id)
 }
 
 impl DeploymentController {
@@ -136,12 +149,13 @@ impl DeploymentController {
         if deployments.is_empty() {
             return Ok(());
         }
-        let models: BTreeSet<&str> = deployments.iter().map(|deployment| deployment.model.as_str()).collect();
+        let slots: BTreeSet<(&str, DeploymentRole)> =
+            deployments.iter().map(|deployment| (deployment.model.as_str(), deployment.role)).collect();
         let devices = self.core.store.list_devices().await?;
         let mut n_changed = 0usize;
         for device in devices.iter().filter(|device| only.is_none_or(|only| only.contains(&device.device_id))) {
-            for model in &models {
-                let Some(deployment) = deciding_deployment(&deployments, model, device) else {
+            for (model, role) in &slots {
+                let Some(deployment) = deciding_deployment_in(&deployments, model, *role, device) else {
                     continue;
                 };
                 if self.ensure_desired(device, deployment).await? {
@@ -157,21 +171,39 @@ impl DeploymentController {
 
     /// Writes and publishes a new desired state if the device is not yet told this version.
     async fn ensure_desired(&self, device: &DeviceRecord, deployment: &DeploymentRecord) -> Result<bool, StoreError> {
-        let current = self.core.store.get_desired(&device.device_id, &deployment.model).await?;
-        let reported_slot = parse_slots(&device.slots_json).into_iter().find(|slot| slot.model == deployment.model);
+        let slot_key = deployment.role.slot_key(&deployment.model);
+        let current = self.core.store.get_desired(&device.device_id, &slot_key).await?;
+        let reported_slot = parse_slots(&device.slots_json).into_iter().find(|slot| slot.model == slot_key);
         let reported_generation = reported_slot.as_ref().map(|slot| slot.generation as i64).unwrap_or(0);
         let current_generation = current.as_ref().map(|current| current.generation).unwrap_or(0);
+        // Version 0 withdraws the slot.
+        let wanted_version = (deployment.version > 0).then_some(deployment.version);
         // Told already, unless the device accepted a generation the plane never issued (the
         // database was restored from a backup, say): then the plane asserts its state again.
-        if current.as_ref().and_then(|current| current.version) == Some(deployment.version) && reported_generation <= current_generation {
+        let told_already = match &current {
+            Some(current) => current.version == wanted_version,
+            None => wanted_version.is_none(),
+        };
+        if told_already && reported_generation <= current_generation {
             return Ok(false);
         }
+        let generation = current_generation.max(reported_generation).saturating_add(1);
+        let Some(wanted_version) = wanted_version else {
+            let slot = DesiredSlot {
+                device_id: device.device_id.clone(),
+                model: slot_key.clone(),
+                generation: generation as u64,
+                issued_at_ms: fleetml_shared::now_ms(),
+                target: DesiredTarget::Empty,
+            };
+            return self.store_and_publish(device, deployment, &slot_key, &slot, None, None).await.map(|()| true);
+        };
         let version = self
             .core
             .store
-            .get_version(&deployment.model, deployment.version)
+            .get_version(&deployment.model, wanted_version)
             .await?
-            .ok_or_else(|| StoreError::NotFound(format!("version {} of `{}`", deployment.version, deployment.model)))?;
+            .ok_or_else(|| StoreError::NotFound(format!("version {wanted_version} of `{}`", deployment.model)))?;
         let bundle =
             self.core.store.get_bundle(&version.digest).await?.ok_or_else(|| StoreError::NotFound(format!("bundle {}", version.digest)))?;
         let manifest: SignedManifest =
@@ -180,34 +212,50 @@ impl DeploymentController {
         let told = current.as_ref().and_then(|current| current.version);
         let newest_known = told.into_iter().chain(reported_active).max();
         let rollback =
-            newest_known.filter(|&newest| newest > deployment.version).map(|newest| RollbackPermission { up_to_version: newest as u64 });
+            newest_known.filter(|&newest| newest > wanted_version).map(|newest| RollbackPermission { up_to_version: newest as u64 });
+        let role = match deployment.role {
+            DeploymentRole::Active => SlotRole::Active,
+            DeploymentRole::Shadow => SlotRole::Shadow,
+        };
         // Above what the device reports too: it would refuse a lower generation as a replay.
-        let generation = current_generation.max(reported_generation).saturating_add(1);
         let slot = DesiredSlot {
             device_id: device.device_id.clone(),
-            model: deployment.model.clone(),
+            model: slot_key.clone(),
             generation: generation as u64,
             issued_at_ms: fleetml_shared::now_ms(),
-            target: DesiredTarget::Bundle { manifest, role: SlotRole::Active, rollback },
+            target: DesiredTarget::Bundle { manifest, role, rollback },
         };
-        let payload = protocol::encode(&SignedDesiredState::sign(&slot, &self.core.signer));
+        self.store_and_publish(device, deployment, &slot_key, &slot, Some(wanted_version), Some(version.digest.clone())).await?;
+        tracing::debug!(device_id = %device.device_id, slot = %slot_key, version = wanted_version, generation, rollback = rollback.is_some(), "desired state set");
+        Ok(true)
+    }
+
+    async fn store_and_publish(
+        &self,
+        device: &DeviceRecord,
+        deployment: &DeploymentRecord,
+        slot_key: &str,
+        slot: &DesiredSlot,
+        version: Option<i64>,
+        digest: Option<String>,
+    ) -> Result<(), StoreError> {
+        let payload = protocol::encode(&SignedDesiredState::sign(slot, &self.core.signer));
         let record = DesiredRecord {
             device_id: device.device_id.clone(),
-            model: deployment.model.clone(),
-            generation,
-            version: Some(deployment.version),
-            digest: Some(version.digest.clone()),
+            model: slot_key.to_string(),
+            generation: slot.generation as i64,
+            version,
+            digest,
             deployment_id: Some(deployment.id),
             payload: payload.clone(),
             updated_ms: fleetml_shared::now_ms() as i64,
         };
         // Invariant: stored before published, so a crash in between republishes on restart.
         self.core.store.put_desired(&record).await?;
-        if self.core.mqtt.publish(self.core.topics.desired(&device.device_id, &deployment.model), true, payload).await {
+        if self.core.mqtt.publish(self.core.topics.desired(&device.device_id, slot_key), true, payload).await {
             self.core.counters.desired_published.fetch_add(1, Ordering::Relaxed);
         }
-        tracing::debug!(device_id = %device.device_id, model = %deployment.model, version = deployment.version, generation, rollback = rollback.is_some(), "desired state set");
-        Ok(true)
+        Ok(())
     }
 }
 
@@ -233,7 +281,7 @@ mod tests {
     }
 
     fn deployment(id: i64, model: &str, version: i64, target: DeploymentTarget) -> DeploymentRecord {
-        DeploymentRecord { id, model: model.into(), version, target, created_ms: 0 }
+        DeploymentRecord { id, model: model.into(), version, role: DeploymentRole::Active, target, created_ms: 0 }
     }
 
     #[test]

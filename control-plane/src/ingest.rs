@@ -15,7 +15,7 @@ use crate::PlaneCore;
 use crate::api::views::SlotView;
 use crate::deployment::ControllerCommand;
 use crate::mqtt::Inbound;
-use crate::store::{DeviceChange, DeviceVitals, InferenceWindow, ReportedUpdate};
+use crate::store::{DeviceChange, DeviceVitals, InferenceWindow, ReportedUpdate, ShadowWindowRecord};
 
 /// Windows buffered before a forced flush; the flush tick writes smaller batches.
 const MAX_BUFFERED_WINDOWS: usize = 512;
@@ -136,6 +136,29 @@ impl Ingest {
                         errors: figures.errors as i64,
                         latency_us: figures.latency_us,
                     }));
+                }
+                Ok(Telemetry::Shadow(report)) if report.device_id == device_id => {
+                    let now_ms = fleetml_shared::now_ms() as i64;
+                    for figures in report.figures {
+                        let window = ShadowWindowRecord {
+                            device_id: device_id.clone(),
+                            model: figures.model,
+                            active_version: figures.active_version as i64,
+                            candidate_version: figures.candidate_version as i64,
+                            window_end_ms: now_ms,
+                            requests: figures.requests as i64,
+                            errors: figures.errors as i64,
+                            skipped: figures.skipped as i64,
+                            rows: figures.rows as i64,
+                            rows_agreed: figures.rows_agreed.min(figures.rows) as i64,
+                            delta_sum: if figures.delta_sum.is_finite() { figures.delta_sum } else { 0.0 },
+                            delta_max: if figures.delta_max.is_finite() { figures.delta_max } else { 0.0 },
+                            latency_us: figures.candidate_latency_us,
+                        };
+                        if let Err(error) = self.core.store.insert_shadow_window(&window).await {
+                            tracing::error!(%device_id, %error, "could not store a shadow report");
+                        }
+                    }
                 }
                 Ok(_) => self.refuse(&device_id, "telemetry", "device id in the message differs from the topic"),
                 Err(error) => self.refuse(&device_id, "telemetry", error),

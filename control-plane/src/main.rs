@@ -9,6 +9,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use fleetml_plane::api::rollouts::RolloutView;
 use fleetml_plane::api::runs::{RunComparison, RunView};
+use fleetml_plane::api::shadows::ShadowView;
+use fleetml_plane::api::splits::SplitView;
 use fleetml_plane::api::views::{AliasRequest, DeployRequest, VersionView};
 use fleetml_plane::cli::{self, Client};
 use fleetml_plane::config::{self, ConfigError, FileConfig, ServeArgs};
@@ -109,6 +111,16 @@ enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Fleet experiments: A/B splits between versions, and shadow candidates.
+    Split {
+        #[command(subcommand)]
+        command: SplitCommand,
+    },
+    /// Run a candidate beside the active version on live requests (it never answers).
+    Shadow {
+        #[command(subcommand)]
+        command: ShadowCommand,
+    },
     /// Experiment runs logged by the MLflow client or the API.
     Runs {
         #[command(subcommand)]
@@ -156,6 +168,87 @@ enum ModelCommand {
         name: String,
         alias: String,
         version: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum SplitCommand {
+    /// Split the devices matching SELECTOR between versions of NAME: `--variant 1=0.5 --variant 2=0.5`.
+    Start {
+        name: String,
+        #[arg(long, default_value = "")]
+        selector: String,
+        /// VERSION=WEIGHT, at least two.
+        #[arg(long = "variant", required = true)]
+        variants: Vec<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Per-variant figures side by side.
+    Status {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Promote the winner into a staged rollout: `--version V`, or `--rule lowest_error_rate|lowest_p95_latency`.
+    Promote {
+        id: i64,
+        #[arg(long, conflicts_with = "rule")]
+        version: Option<i64>,
+        #[arg(long, required_unless_present = "version")]
+        rule: Option<String>,
+        /// Variants with fewer requests cannot win by rule.
+        #[arg(long, default_value_t = 100)]
+        min_requests: i64,
+        /// A rollout policy file (default: 10% then 100% of the split's cohort).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ShadowCommand {
+    /// Put NAME@VERSION beside the active version on the devices matching SELECTOR.
+    Start {
+        reference: String,
+        #[arg(long, default_value = "")]
+        selector: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Agreement with the active version, and latency, per candidate.
+    Status {
+        name: String,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Remove the shadow candidate from the devices matching SELECTOR.
+    Stop {
+        name: String,
+        #[arg(long, default_value = "")]
+        selector: String,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -387,6 +480,8 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Runs { command } => runs_command(command).await?,
         Command::Rollout { command } => return rollout_command(command).await,
+        Command::Split { command } => split_command(command).await?,
+        Command::Shadow { command } => shadow_command(command).await?,
         Command::Devices { json, client } => {
             let devices = client.client()?.devices().await?;
             if json { cli::print_json(&devices)? } else { cli::print_devices(&devices) }
@@ -470,6 +565,65 @@ async fn rollout_command(command: RolloutCommand) -> anyhow::Result<ExitCode> {
         "rolled_back" | "aborted" if watch => ExitCode::from(2),
         _ => ExitCode::SUCCESS,
     })
+}
+
+async fn split_command(command: SplitCommand) -> anyhow::Result<()> {
+    match command {
+        SplitCommand::Start { name, selector, variants, json, client } => {
+            let variants = variants
+                .iter()
+                .map(|text| {
+                    let (version, weight) = text.split_once('=').context(format!("variant `{text}`: VERSION=WEIGHT"))?;
+                    let version: i64 = version.trim().parse().context(format!("variant `{text}`: the version is not a number"))?;
+                    let weight: f64 = weight.trim().parse().context(format!("variant `{text}`: the weight is not a number"))?;
+                    Ok(serde_json::json!({ "version": version, "weight": weight }))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let body = serde_json::json!({ "model": name, "selector": selector, "variants": variants });
+            let view: SplitView = client.client()?.post_json("/api/v1/splits", &body).await?;
+            if json { cli::print_json(&view)? } else { cli::print_split(&view) }
+        }
+        SplitCommand::Status { id, json, client } => {
+            let view: SplitView = client.client()?.get(&format!("/api/v1/splits/{id}")).await?;
+            if json { cli::print_json(&view)? } else { cli::print_split(&view) }
+        }
+        SplitCommand::List { json, client } => {
+            let views: Vec<SplitView> = client.client()?.get("/api/v1/splits").await?;
+            if json { cli::print_json(&views)? } else { views.iter().for_each(cli::print_split) }
+        }
+        SplitCommand::Promote { id, version, rule, min_requests, policy, json, client } => {
+            let policy = policy
+                .map(|path| std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display())))
+                .transpose()?
+                .map(serde_json::Value::String);
+            let body = serde_json::json!({ "version": version, "rule": rule, "min_requests": min_requests, "policy": policy });
+            let view: RolloutView = client.client()?.post_json(&format!("/api/v1/splits/{id}/promote"), &body).await?;
+            if json { cli::print_json(&view)? } else { cli::print_rollout(&view) }
+        }
+    }
+    Ok(())
+}
+
+async fn shadow_command(command: ShadowCommand) -> anyhow::Result<()> {
+    let (view, json): (ShadowView, bool) = match command {
+        ShadowCommand::Start { reference, selector, json, client } => {
+            let (model, version, _) = cli::parse_reference(&reference)?;
+            let version = version.context("give NAME@VERSION")?;
+            let body = serde_json::json!({ "model": model, "version": version, "selector": selector });
+            (client.client()?.post_json("/api/v1/shadows", &body).await?, json)
+        }
+        ShadowCommand::Status { name, json, client } => (client.client()?.get(&format!("/api/v1/shadows/{name}")).await?, json),
+        ShadowCommand::Stop { name, selector, json, client } => {
+            let body = serde_json::json!({ "selector": selector });
+            (client.client()?.post_json(&format!("/api/v1/shadows/{name}/stop"), &body).await?, json)
+        }
+    };
+    if json {
+        cli::print_json(&view)?;
+    } else {
+        cli::print_shadow(&view);
+    }
+    Ok(())
 }
 
 async fn rollout_action(client: &ClientArgs, id: i64, action: &str) -> anyhow::Result<RolloutView> {

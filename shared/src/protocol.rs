@@ -92,6 +92,26 @@ pub enum DesiredTarget {
 pub enum SlotRole {
     /// Serves requests.
     Active,
+    /// Runs beside the active model of the same name on live requests, never answers, and
+    /// reports agreement and latency. Its slot key is `{model}@shadow` ([`shadow_slot`]).
+    Shadow,
+}
+
+/// The suffix of a shadow slot's key. `@` is not allowed in model names, so no model's slot
+/// can collide with another model's shadow slot.
+pub const SHADOW_SUFFIX: &str = "@shadow";
+
+/// The slot key of `model`'s shadow candidate.
+pub fn shadow_slot(model: &str) -> String {
+    format!("{model}{SHADOW_SUFFIX}")
+}
+
+/// The model name and role of a slot key: `m` → (`m`, Active), `m@shadow` → (`m`, Shadow).
+pub fn split_slot(slot: &str) -> (&str, SlotRole) {
+    match slot.strip_suffix(SHADOW_SUFFIX) {
+        Some(model) => (model, SlotRole::Shadow),
+        None => (slot, SlotRole::Active),
+    }
 }
 
 /// Allows installing the desired bundle over any version up to `up_to_version`.
@@ -223,6 +243,40 @@ pub enum InstallResult {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Telemetry {
     Heartbeat(Heartbeat),
+    /// Sent with a heartbeat when shadow candidates ran since the previous one.
+    Shadow(ShadowReport),
+}
+
+/// What the shadow candidates did since the previous report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    pub device_id: String,
+    pub sent_at_ms: u64,
+    pub window_ms: u64,
+    pub figures: Vec<ShadowFigures>,
+}
+
+/// One shadow candidate beside one active version. A row agrees when every output agrees:
+/// integer outputs equal, score vectors with the same top-1 index, single scores within
+/// 1e-3 (relative above 1).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ShadowFigures {
+    pub model: String,
+    pub active_version: u64,
+    pub candidate_version: u64,
+    /// Requests the candidate ran on (after the active answered).
+    pub requests: u64,
+    /// Requests the candidate failed on.
+    pub errors: u64,
+    /// Requests not mirrored because the shadow queue was full (shadowing never slows serving).
+    pub skipped: u64,
+    /// Rows (batch elements) compared, and those that agreed.
+    pub rows: u64,
+    pub rows_agreed: u64,
+    /// Sum and maximum of the largest absolute output difference per row, over float outputs.
+    pub delta_sum: f64,
+    pub delta_max: f64,
+    pub candidate_latency_us: HistogramSnapshot,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

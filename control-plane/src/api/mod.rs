@@ -5,6 +5,7 @@ pub mod error;
 pub mod mlflow;
 pub mod rollouts;
 pub mod runs;
+pub mod shadows;
 pub mod splits;
 pub mod views;
 
@@ -48,7 +49,10 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
         .route("/rollouts", post(rollouts::start).get(rollouts::list))
         .route("/rollouts/{id}", get(rollouts::status))
         .route("/rollouts/{id}/{action}", post(rollouts::action))
-        .route("/splits", post(splits::start))
+        .route("/shadows", post(shadows::start))
+        .route("/shadows/{model}", get(shadows::status))
+        .route("/shadows/{model}/stop", post(shadows::stop))
+        .route("/splits", post(splits::start).get(splits::list))
         .route("/splits/{id}", get(splits::status))
         .route("/splits/{id}/promote", post(splits::promote))
         .route("/experiments", get(runs::list_experiments))

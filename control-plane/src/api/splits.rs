@@ -156,11 +156,61 @@ pub async fn status(State(core): State<Arc<PlaneCore>>, Path(id): Path<i64>) -> 
     Ok(Json(view(&core, &split).await?))
 }
 
+pub async fn list(State(core): State<Arc<PlaneCore>>) -> Result<Json<Vec<SplitView>>, ApiError> {
+    let mut views = Vec::new();
+    for split in core.store.list_splits().await? {
+        views.push(view(&core, &split).await?);
+    }
+    Ok(Json(views))
+}
+
 #[derive(Deserialize)]
 pub struct Promote {
-    pub version: i64,
+    /// The winner, picked by hand; or
+    #[serde(default)]
+    pub version: Option<i64>,
+    /// a rule that picks it from the per-variant figures.
+    #[serde(default)]
+    pub rule: Option<WinnerRule>,
+    /// Variants with fewer requests than this cannot win by rule (default 100).
+    #[serde(default)]
+    pub min_requests: Option<i64>,
     /// A rollout policy; its target defaults to the split's selector.
     pub policy: Option<Value>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WinnerRule {
+    LowestErrorRate,
+    LowestP95Latency,
+}
+
+/// The variant a rule picks among those with enough requests; ties go to the newer version.
+pub fn pick_winner(variants: &[VariantView], rule: WinnerRule, min_requests: i64) -> Result<i64, String> {
+    let eligible: Vec<(&VariantView, f64)> = variants
+        .iter()
+        .filter(|variant| variant.requests >= min_requests)
+        .filter_map(|variant| {
+            let value = match rule {
+                WinnerRule::LowestErrorRate => variant.error_rate,
+                WinnerRule::LowestP95Latency => variant.latency_p95_us,
+            };
+            value.map(|value| (variant, value))
+        })
+        .collect();
+    if eligible.len() < 2 {
+        return Err(format!(
+            "{} of {} variants have at least {min_requests} requests and a value for the rule: a rule needs two to compare",
+            eligible.len(),
+            variants.len()
+        ));
+    }
+    eligible
+        .into_iter()
+        .min_by(|(left, left_value), (right, right_value)| left_value.total_cmp(right_value).then(right.version.cmp(&left.version)))
+        .map(|(variant, _)| variant.version)
+        .ok_or_else(|| "no variant".to_string())
 }
 
 /// Promotes the winner: a staged rollout of its version to the split's cohort.
@@ -171,13 +221,53 @@ pub async fn promote(
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     let split = core.store.get_split(id).await?.ok_or_else(|| ApiError::NotFound(format!("split {id}")))?;
     let variants: Vec<Variant> = serde_json::from_str(&split.variants_json).map_err(|error| ApiError::Internal(error.to_string()))?;
-    if !variants.iter().any(|variant| variant.version == request.version) {
-        return Err(ApiError::BadRequest(format!("version {} is not a variant of split {id}", request.version)));
+    let version = match (request.version, request.rule) {
+        (Some(version), None) => version,
+        (None, Some(rule)) => {
+            let split_view = view(&core, &split).await?;
+            pick_winner(&split_view.variants, rule, request.min_requests.unwrap_or(100)).map_err(ApiError::Conflict)?
+        }
+        _ => return Err(ApiError::BadRequest("give the winning `version` or a `rule` to pick it, not both".into())),
+    };
+    if !variants.iter().any(|variant| variant.version == version) {
+        return Err(ApiError::BadRequest(format!("version {version} is not a variant of split {id}")));
     }
     let policy = request.policy.unwrap_or_else(|| {
         serde_json::json!({ "target": { "selector": split.selector }, "waves": [{ "size": "10%" }, { "size": "100%" }],
             "gates": [{ "metric": "install_failure_rate", "max": 0.0 }] })
     });
-    super::rollouts::start(State(core), Json(StartRollout { model: split.model, version: Some(request.version), alias: None, policy }))
-        .await
+    super::rollouts::start(State(core), Json(StartRollout { model: split.model, version: Some(version), alias: None, policy })).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variant(version: i64, requests: i64, error_rate: Option<f64>, latency_p95_us: Option<f64>) -> VariantView {
+        VariantView {
+            version,
+            weight: 0.5,
+            devices: Vec::new(),
+            active: 0,
+            requests,
+            errors: 0,
+            error_rate,
+            latency_p50_us: None,
+            latency_p95_us,
+        }
+    }
+
+    #[test]
+    fn a_rule_picks_among_variants_with_enough_requests() {
+        let variants =
+            [variant(1, 500, Some(0.02), Some(900.0)), variant(2, 500, Some(0.01), Some(1200.0)), variant(3, 10, Some(0.0), Some(100.0))];
+        assert_eq!(pick_winner(&variants, WinnerRule::LowestErrorRate, 100), Ok(2));
+        assert_eq!(pick_winner(&variants, WinnerRule::LowestP95Latency, 100), Ok(1));
+        // With the bar lowered the small variant wins; ties go to the newer version.
+        assert_eq!(pick_winner(&variants, WinnerRule::LowestErrorRate, 1), Ok(3));
+        let tied = [variant(1, 500, Some(0.0), None), variant(2, 500, Some(0.0), None)];
+        assert_eq!(pick_winner(&tied, WinnerRule::LowestErrorRate, 100), Ok(2));
+        let error = pick_winner(&variants, WinnerRule::LowestErrorRate, 1000).unwrap_err();
+        assert!(error.contains("0 of 3 variants have at least 1000 requests"), "{error}");
+    }
 }

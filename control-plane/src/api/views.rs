@@ -227,13 +227,21 @@ pub struct DeployRequest {
 pub struct DeploymentView {
     pub id: i64,
     pub model: String,
+    /// 0: the slot is withdrawn.
     pub version: i64,
+    /// `active` (answers) or `shadow` (runs beside the active version).
+    #[serde(default = "active_role")]
+    pub role: String,
     pub device: Option<String>,
     pub selector: Option<String>,
     pub created_ms: i64,
     /// Devices known now that the deployment targets (more may match later).
     #[serde(default)]
     pub matched_devices: Vec<String>,
+}
+
+fn active_role() -> String {
+    "active".into()
 }
 
 impl DeploymentView {
@@ -246,6 +254,7 @@ impl DeploymentView {
             id: record.id,
             model: record.model.clone(),
             version: record.version,
+            role: record.role.as_str().to_string(),
             device,
             selector,
             created_ms: record.created_ms,

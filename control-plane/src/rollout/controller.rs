@@ -11,16 +11,38 @@ use std::time::Duration;
 use fleetml_shared::histogram::Histogram;
 use tokio_util::sync::CancellationToken;
 
-use super::gates::{Verdict, WaveFigures, evaluate};
-use super::policy::{FailureAction, PolicyDocument};
+use fleetml_shared::selector::Selector;
+
+use super::gates::{GateResult, Verdict, WaveFigures, evaluate};
+use super::policy::{FailureAction, GateMetric, PolicyDocument};
 use crate::PlaneCore;
 use crate::api::views::parse_slots;
 use crate::deployment::ControllerCommand;
 use crate::store::{DeploymentTarget, DeviceRecord, RolloutDeviceRecord, RolloutRecord, StoreError};
 
 const TICK: Duration = Duration::from_millis(500);
-/// A device that has not settled this long after it was told is marked failed.
-pub const DEVICE_TIMEOUT_MS: i64 = 10 * 60 * 1000;
+
+/// States of a device the rollout has told and that has not settled yet.
+fn in_flight(state: &str) -> bool {
+    matches!(state, "installing" | "downloading" | "offline")
+}
+
+fn describe(results: &[GateResult]) -> String {
+    let parts: Vec<String> = results
+        .iter()
+        .map(|result| {
+            let metric = serde_json::to_value(result.metric).ok().and_then(|value| value.as_str().map(str::to_string)).unwrap_or_default();
+            let bound = match (result.max, result.min) {
+                (Some(max), _) => format!("max {max}"),
+                (None, Some(min)) => format!("min {min}"),
+                (None, None) => String::new(),
+            };
+            let value = result.value.map(|value| format!("{value:.4}")).unwrap_or("-".into());
+            format!("{metric} {value} ({bound}, {} samples): {:?}", result.samples, result.verdict)
+        })
+        .collect();
+    parts.join("; ")
+}
 
 pub struct RolloutController {
     pub core: Arc<PlaneCore>,
@@ -66,8 +88,13 @@ impl RolloutController {
                     continue;
                 }
             };
-            for rollout in rollouts.into_iter().filter(|rollout| rollout.state == "running") {
-                if let Err(error) = self.step(&rollout).await {
+            for rollout in &rollouts {
+                let result = match rollout.state.as_str() {
+                    "running" => self.step(rollout).await,
+                    "completed" => self.follow_stragglers(rollout).await,
+                    _ => Ok(()),
+                };
+                if let Err(error) = result {
                     tracing::error!(rollout_id = rollout.id, %error, "rollout step failed; retrying");
                 }
             }
@@ -88,35 +115,20 @@ impl RolloutController {
             self.core.store.list_devices().await?.into_iter().map(|device| (device.device_id.clone(), device)).collect();
         let members = self.core.store.rollout_devices(rollout.id).await?;
         let wave = rollout.current_wave;
+        if policy.target.include_new && self.include_new_devices(rollout, &policy, &members, &devices, now).await? {
+            return Ok(());
+        }
+        if wave == 0 && members.iter().all(|member| member.state == "pending") && !self.shadow_gates_pass(rollout, &policy, now).await? {
+            return Ok(());
+        }
         let wave_members: Vec<&RolloutDeviceRecord> = members.iter().filter(|member| member.wave == wave).collect();
         let max_concurrent = policy.waves.get(wave as usize).and_then(|wave| wave.max_concurrent).unwrap_or(u64::MAX) as usize;
-
-        // Refresh the states of the devices this wave moved, and time out the stuck ones.
-        let mut in_flight = 0usize;
-        for member in &wave_members {
-            if !matches!(member.state.as_str(), "installing" | "downloading") {
-                continue;
-            }
-            let (state, reason) = device_state(devices.get(&member.device_id), &rollout.model, rollout.version);
-            let (state, reason) = if matches!(state, "installing" | "downloading") && now - member.updated_ms > DEVICE_TIMEOUT_MS {
-                ("failed", "timed out".to_string())
-            } else {
-                (state, reason)
-            };
-            if state != member.state {
-                self.core.store.update_rollout_device(rollout.id, &member.device_id, state, &reason, now).await?;
-                if state == "failed" {
-                    self.core.store.add_rollout_event(rollout.id, "device_failed", &format!("{}: {reason}", member.device_id), now).await?;
-                }
-            }
-            if matches!(state, "installing" | "downloading") {
-                in_flight += 1;
-            }
-        }
+        let n_installing = self.refresh_members(rollout, &policy, &members, &devices, now).await?;
+        let in_flight_count = n_installing;
         // Move pending devices of this wave, at most `max_concurrent` at once.
         let mut moved = 0usize;
         for member in wave_members.iter().filter(|member| member.state == "pending") {
-            if in_flight + moved >= max_concurrent {
+            if in_flight_count + moved >= max_concurrent {
                 break;
             }
             self.deploy_to(&rollout.model, rollout.version, &member.device_id).await?;
@@ -129,7 +141,8 @@ impl RolloutController {
         }
         let members = self.core.store.rollout_devices(rollout.id).await?;
         let wave_members: Vec<&RolloutDeviceRecord> = members.iter().filter(|member| member.wave == wave).collect();
-        if wave_members.iter().any(|member| !matches!(member.state.as_str(), "healthy" | "failed")) {
+        // Offline devices do not hold a wave: they count against the offline gate.
+        if wave_members.iter().any(|member| !matches!(member.state.as_str(), "healthy" | "failed" | "offline")) {
             return Ok(());
         }
         let settled_at = wave_members.iter().map(|member| member.updated_ms).max().unwrap_or(now);
@@ -139,27 +152,23 @@ impl RolloutController {
         }
         let figures = self.wave_figures(rollout, &wave_members, &devices).await?;
         let (verdict, results) = evaluate(&policy.gates, &figures);
-        let summary: Vec<String> = results
-            .iter()
-            .map(|result| {
-                format!(
-                    "{:?} {} (max {}, {} samples): {:?}",
-                    result.metric,
-                    result.value.map(|value| format!("{value:.4}")).unwrap_or("-".into()),
-                    result.max,
-                    result.samples,
-                    result.verdict
-                )
-            })
-            .collect();
+        let summary = describe(&results);
         match verdict {
             Verdict::Undecided => Ok(()),
             Verdict::Pass => {
-                self.core
-                    .store
-                    .add_rollout_event(rollout.id, "gates_passed", &format!("wave {}: {}", wave + 1, summary.join("; ")), now)
-                    .await?;
+                self.core.store.add_rollout_event(rollout.id, "gates_passed", &format!("wave {}: {summary}", wave + 1), now).await?;
                 if wave as usize + 1 >= policy.waves.len() {
+                    // The version becomes the standing assignment of the target, so devices
+                    // that match it later receive it too.
+                    if policy.target.include_new
+                        && let Some(selector) = &policy.target.selector
+                        && let Ok(selector) = Selector::parse(selector)
+                    {
+                        self.core
+                            .store
+                            .insert_deployment(&rollout.model, rollout.version, &DeploymentTarget::Selector(selector), now)
+                            .await?;
+                    }
                     self.core.store.update_rollout(rollout.id, "completed", wave, rollout.wave_started_ms, now).await?;
                     self.core.store.add_rollout_event(rollout.id, "completed", "every wave passed its gates", now).await?;
                 } else {
@@ -169,10 +178,7 @@ impl RolloutController {
                 Ok(())
             }
             Verdict::Fail => {
-                self.core
-                    .store
-                    .add_rollout_event(rollout.id, "gates_failed", &format!("wave {}: {}", wave + 1, summary.join("; ")), now)
-                    .await?;
+                self.core.store.add_rollout_event(rollout.id, "gates_failed", &format!("wave {}: {summary}", wave + 1), now).await?;
                 match policy.on_failure {
                     FailureAction::Pause => {
                         self.core.store.update_rollout(rollout.id, "paused", wave, rollout.wave_started_ms, now).await?;
@@ -206,6 +212,9 @@ impl RolloutController {
             }
         }
         figures.latency_samples = latency.total();
+        let (shadow_agreement, shadow_rows) = self.shadow_agreement(rollout).await?;
+        figures.shadow_agreement = shadow_agreement;
+        figures.shadow_rows = shadow_rows;
         figures.p95_latency_us = latency.quantile(0.95);
         let previous = wave_members.iter().filter_map(|member| member.from_version).max();
         if let Some(previous) = previous {
@@ -218,13 +227,151 @@ impl RolloutController {
         Ok(figures)
     }
 
+    /// Refreshes the states of the devices told so far (any wave: an offline device of an
+    /// earlier wave installs when it returns) and times out the stuck ones. Returns how many
+    /// of the current wave are installing.
+    async fn refresh_members(
+        &self,
+        rollout: &RolloutRecord,
+        policy: &PolicyDocument,
+        members: &[RolloutDeviceRecord],
+        devices: &BTreeMap<String, DeviceRecord>,
+        now: i64,
+    ) -> Result<usize, StoreError> {
+        let device_timeout_ms = policy.device_timeout_seconds.saturating_mul(1000) as i64;
+        let mut n_installing = 0usize;
+        for member in members.iter().filter(|member| in_flight(&member.state)) {
+            let device = devices.get(&member.device_id);
+            let (state, reason) = device_state(device, &rollout.model, rollout.version);
+            let (state, reason) = if matches!(state, "installing" | "downloading") && !device.is_some_and(|device| device.online) {
+                ("offline", "waiting for the device to come back".to_string())
+            } else {
+                (state, reason)
+            };
+            let (state, reason) = if in_flight(state) && now - member.updated_ms > device_timeout_ms {
+                ("failed", format!("timed out after {} s ({state})", policy.device_timeout_seconds))
+            } else {
+                (state, reason)
+            };
+            if state != member.state {
+                self.core.store.update_rollout_device(rollout.id, &member.device_id, state, &reason, now).await?;
+                if state == "failed" {
+                    self.core.store.add_rollout_event(rollout.id, "device_failed", &format!("{}: {reason}", member.device_id), now).await?;
+                }
+            }
+            if member.wave == rollout.current_wave && matches!(state, "installing" | "downloading") {
+                n_installing += 1;
+            }
+        }
+        Ok(n_installing)
+    }
+
+    /// A completed rollout keeps following the devices that were offline when it finished.
+    async fn follow_stragglers(&self, rollout: &RolloutRecord) -> Result<(), StoreError> {
+        let members = self.core.store.rollout_devices(rollout.id).await?;
+        if !members.iter().any(|member| in_flight(&member.state)) {
+            return Ok(());
+        }
+        let policy: PolicyDocument =
+            serde_json::from_str(&rollout.policy_json).map_err(|error| StoreError::Corrupt(format!("rollout policy: {error}")))?;
+        let devices: BTreeMap<String, DeviceRecord> =
+            self.core.store.list_devices().await?.into_iter().map(|device| (device.device_id.clone(), device)).collect();
+        self.refresh_members(rollout, &policy, &members, &devices, now_ms()).await?;
+        Ok(())
+    }
+
+    /// The candidate's agreement with the active versions wherever it ran as a shadow.
+    async fn shadow_agreement(&self, rollout: &RolloutRecord) -> Result<(Option<f64>, u64), StoreError> {
+        let windows = self.core.store.shadow_windows(&rollout.model, Some(rollout.version), 0).await?;
+        let rows: i64 = windows.iter().map(|window| window.rows).sum();
+        let agreed: i64 = windows.iter().map(|window| window.rows_agreed).sum();
+        Ok(((rows > 0).then(|| agreed as f64 / rows as f64), rows.max(0) as u64))
+    }
+
+    /// Before the first wave moves anything, the shadow gates must pass: the candidate goes
+    /// live only once it has agreed with the active model often enough. Returns whether the
+    /// rollout may go on.
+    async fn shadow_gates_pass(&self, rollout: &RolloutRecord, policy: &PolicyDocument, now: i64) -> Result<bool, StoreError> {
+        let gates: Vec<_> = policy.gates.iter().filter(|gate| gate.metric == GateMetric::ShadowAgreement).cloned().collect();
+        if gates.is_empty() {
+            return Ok(true);
+        }
+        let (shadow_agreement, shadow_rows) = self.shadow_agreement(rollout).await?;
+        let figures = WaveFigures { shadow_agreement, shadow_rows, ..WaveFigures::default() };
+        let (verdict, results) = evaluate(&gates, &figures);
+        match verdict {
+            Verdict::Pass => {
+                let detail = format!("before wave 1: {}", describe(&results));
+                if !self.core.store.rollout_events(rollout.id).await?.iter().any(|event| event.kind == "shadow_gates_passed") {
+                    self.core.store.add_rollout_event(rollout.id, "shadow_gates_passed", &detail, now).await?;
+                }
+                Ok(true)
+            }
+            Verdict::Undecided => Ok(false),
+            Verdict::Fail => {
+                self.core
+                    .store
+                    .add_rollout_event(rollout.id, "gates_failed", &format!("before wave 1: {}", describe(&results)), now)
+                    .await?;
+                self.core.store.update_rollout(rollout.id, "paused", 0, rollout.wave_started_ms, now).await?;
+                self.core
+                    .store
+                    .add_rollout_event(rollout.id, "paused", "the shadow candidate disagreed too often; no device was moved", now)
+                    .await?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// Adds devices that match the target now but are not members (new, or relabelled) to
+    /// the current wave. Returns whether any joined.
+    async fn include_new_devices(
+        &self,
+        rollout: &RolloutRecord,
+        policy: &PolicyDocument,
+        members: &[RolloutDeviceRecord],
+        devices: &BTreeMap<String, DeviceRecord>,
+        now: i64,
+    ) -> Result<bool, StoreError> {
+        let selector = policy.target.selector.as_deref().and_then(|selector| Selector::parse(selector).ok());
+        let known: std::collections::BTreeSet<&str> = members.iter().map(|member| member.device_id.as_str()).collect();
+        let joining: Vec<RolloutDeviceRecord> = devices
+            .values()
+            .filter(|device| !known.contains(device.device_id.as_str()))
+            .filter(|device| {
+                policy.target.devices.contains(&device.device_id)
+                    || selector.as_ref().is_some_and(|selector| selector.matches(&device.labels))
+            })
+            .map(|device| RolloutDeviceRecord {
+                device_id: device.device_id.clone(),
+                wave: rollout.current_wave,
+                state: "pending".into(),
+                reason: "joined after the start".into(),
+                from_version: parse_slots(&device.slots_json)
+                    .iter()
+                    .find(|slot| slot.model == rollout.model)
+                    .and_then(|slot| slot.active_version)
+                    .map(|version| version as i64),
+                updated_ms: now,
+            })
+            .collect();
+        if joining.is_empty() {
+            return Ok(false);
+        }
+        self.core.store.add_rollout_devices(rollout.id, &joining).await?;
+        let names: Vec<&str> = joining.iter().map(|member| member.device_id.as_str()).take(10).collect();
+        let detail = format!("{} devices joined wave {}: {}", joining.len(), rollout.current_wave + 1, names.join(", "));
+        self.core.store.add_rollout_event(rollout.id, "devices_joined", &detail, now).await?;
+        Ok(true)
+    }
+
     /// Sends every moved device back to the version it had, with a signed rollback permission
     /// (the deployment controller issues it because the target is older).
     pub async fn roll_back(&self, rollout: &RolloutRecord, why: &str) -> Result<(), StoreError> {
         let now = now_ms();
         let mut n_rolled_back = 0;
         for member in self.core.store.rollout_devices(rollout.id).await? {
-            if !matches!(member.state.as_str(), "installing" | "downloading" | "healthy" | "failed") {
+            if !matches!(member.state.as_str(), "installing" | "downloading" | "offline" | "healthy" | "failed") {
                 continue;
             }
             match member.from_version {

@@ -17,6 +17,9 @@ pub struct WaveFigures {
     pub devices_offline: u64,
     pub drift_score: Option<f64>,
     pub drift_samples: u64,
+    /// Rows compared by shadow runs of the candidate, and the share that agreed.
+    pub shadow_agreement: Option<f64>,
+    pub shadow_rows: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,7 +34,8 @@ pub enum Verdict {
 pub struct GateResult {
     pub metric: GateMetric,
     pub value: Option<f64>,
-    pub max: f64,
+    pub max: Option<f64>,
+    pub min: Option<f64>,
     pub samples: u64,
     pub verdict: Verdict,
 }
@@ -54,14 +58,15 @@ pub fn evaluate(gates: &[GateDocument], figures: &WaveFigures) -> (Verdict, Vec<
                 },
                 GateMetric::OfflineRate => (ratio(figures.devices_offline, figures.devices), figures.devices),
                 GateMetric::DriftScore => (figures.drift_score, figures.drift_samples),
+                GateMetric::ShadowAgreement => (figures.shadow_agreement, figures.shadow_rows),
             };
             let verdict = match value {
                 Some(_) if samples < gate.min_samples => Verdict::Undecided,
-                Some(value) if value > gate.max => Verdict::Fail,
+                Some(value) if gate.max.is_some_and(|max| value > max) || gate.min.is_some_and(|min| value < min) => Verdict::Fail,
                 Some(_) => Verdict::Pass,
                 None => Verdict::Undecided,
             };
-            GateResult { metric: gate.metric, value, max: gate.max, samples, verdict }
+            GateResult { metric: gate.metric, value, max: gate.max, min: gate.min, samples, verdict }
         })
         .collect();
     let overall = if results.iter().any(|result| result.verdict == Verdict::Fail) {
@@ -79,7 +84,7 @@ mod tests {
     use super::*;
 
     fn gate(metric: GateMetric, max: f64, min_samples: u64) -> GateDocument {
-        GateDocument { metric, max, min_samples }
+        GateDocument { metric, max: Some(max), min: None, min_samples }
     }
 
     #[track_caller]
@@ -111,6 +116,15 @@ mod tests {
         check(&errors, figures.clone(), Verdict::Pass);
         check(&errors, WaveFigures { devices_offline: 3, ..figures }, Verdict::Fail);
         check(&[], WaveFigures::default(), Verdict::Pass);
+    }
+
+    #[test]
+    fn a_min_gate_fails_below_its_bound() {
+        let agreement = [GateDocument { metric: GateMetric::ShadowAgreement, max: None, min: Some(0.95), min_samples: 100 }];
+        check(&agreement, WaveFigures { shadow_agreement: Some(0.99), shadow_rows: 500, ..WaveFigures::default() }, Verdict::Pass);
+        check(&agreement, WaveFigures { shadow_agreement: Some(0.70), shadow_rows: 500, ..WaveFigures::default() }, Verdict::Fail);
+        check(&agreement, WaveFigures { shadow_agreement: Some(0.70), shadow_rows: 50, ..WaveFigures::default() }, Verdict::Undecided);
+        check(&agreement, WaveFigures::default(), Verdict::Undecided);
     }
 
     #[test]

@@ -13,6 +13,14 @@ pub struct PolicyDocument {
     pub gates: Vec<GateDocument>,
     #[serde(default)]
     pub on_failure: FailureAction,
+    /// A device that has not settled this long after it was told (offline, say) is marked
+    /// failed. Until then an offline device waits and counts against the offline gate.
+    #[serde(default = "default_device_timeout_seconds")]
+    pub device_timeout_seconds: u64,
+}
+
+fn default_device_timeout_seconds() -> u64 {
+    600
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -94,16 +102,24 @@ pub enum GateMetric {
     /// New version's p95 latency over the previous version's, minus one (0.2: 20% slower).
     P95LatencyRegression,
     OfflineRate,
-    /// Filled by drift monitoring.
+    /// The share of features drifted on the wave's devices (drift monitoring).
     DriftScore,
+    /// The share of live requests on which the candidate, run as a shadow beside the active
+    /// version anywhere in the fleet, agreed with it. Checked before the first wave moves any
+    /// device, and again at every wave: a gate with `min`.
+    ShadowAgreement,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GateDocument {
     pub metric: GateMetric,
-    /// The wave fails when the value exceeds this.
-    pub max: f64,
+    /// The wave fails when the value exceeds this;
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// or falls below this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
     /// Fewer samples than this cannot decide a wave.
     #[serde(default = "default_min_samples")]
     pub min_samples: u64,
@@ -166,8 +182,13 @@ impl PolicyDocument {
             }
         }
         for gate in &self.gates {
-            if !gate.max.is_finite() || gate.max < 0.0 {
-                return Err(PolicyError(format!("gate {:?}: max must be a non-negative number", gate.metric)));
+            let name = serde_json::to_value(gate.metric).ok().and_then(|value| value.as_str().map(str::to_string)).unwrap_or_default();
+            match (gate.max, gate.min) {
+                (Some(_), Some(_)) | (None, None) => return Err(PolicyError(format!("gate {name}: give one of `max` or `min`"))),
+                (Some(bound), None) | (None, Some(bound)) if !bound.is_finite() || bound < 0.0 => {
+                    return Err(PolicyError(format!("gate {name}: the bound must be a non-negative number")));
+                }
+                _ => {}
             }
         }
         Ok(())
@@ -223,5 +244,13 @@ min_samples = 10
         refused(r#"{"target": {"devices": ["d"]}, "waves": [{"size": "ten"}]}"#, "percentage");
         refused(r#"{"target": {"devices": ["d"]}, "waves": [{"size": 1}], "gates": [{"metric": "vibes", "max": 1}]}"#, "unknown variant");
         refused(r#"{"target": {"devices": ["d"]}, "waves": [{"size": 1, "surprise": 1}]}"#, "unknown field");
+        refused(
+            r#"{"target": {"devices": ["d"]}, "waves": [{"size": 1}], "gates": [{"metric": "offline_rate"}]}"#,
+            "one of `max` or `min`",
+        );
+        refused(
+            r#"{"target": {"devices": ["d"]}, "waves": [{"size": 1}], "gates": [{"metric": "shadow_agreement", "min": -1}]}"#,
+            "non-negative",
+        );
     }
 }

@@ -136,9 +136,45 @@ pub enum DeploymentTarget {
 pub struct DeploymentRecord {
     pub id: i64,
     pub model: String,
+    /// 0 withdraws the slot (the device is told to hold nothing in it).
     pub version: i64,
+    pub role: DeploymentRole,
     pub target: DeploymentTarget,
     pub created_ms: i64,
+}
+
+/// Which of a model's slots a deployment fills on its devices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum DeploymentRole {
+    /// The version that answers requests.
+    Active,
+    /// A candidate that runs beside the active version and never answers.
+    Shadow,
+}
+
+impl DeploymentRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentRole::Active => "active",
+            DeploymentRole::Shadow => "shadow",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(DeploymentRole::Active),
+            "shadow" => Some(DeploymentRole::Shadow),
+            _ => None,
+        }
+    }
+
+    /// The device's slot key for `model` in this role (`m` or `m@shadow`).
+    pub fn slot_key(self, model: &str) -> String {
+        match self {
+            DeploymentRole::Active => model.to_string(),
+            DeploymentRole::Shadow => fleetml_shared::protocol::shadow_slot(model),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -190,7 +226,17 @@ pub trait Store: TrackingStore + RolloutStore + Send + Sync + 'static {
     async fn list_aliases(&self, model: &str) -> StoreResult<Vec<(String, i64)>>;
 
     // deployments and desired state
-    async fn insert_deployment(&self, model: &str, version: i64, target: &DeploymentTarget, at_ms: i64) -> StoreResult<i64>;
+    async fn insert_deployment(&self, model: &str, version: i64, target: &DeploymentTarget, at_ms: i64) -> StoreResult<i64> {
+        self.insert_deployment_as(model, version, DeploymentRole::Active, target, at_ms).await
+    }
+    async fn insert_deployment_as(
+        &self,
+        model: &str,
+        version: i64,
+        role: DeploymentRole,
+        target: &DeploymentTarget,
+        at_ms: i64,
+    ) -> StoreResult<i64>;
     async fn list_deployments(&self) -> StoreResult<Vec<DeploymentRecord>>;
     async fn get_desired(&self, device_id: &str, model: &str) -> StoreResult<Option<DesiredRecord>>;
     async fn put_desired(&self, desired: &DesiredRecord) -> StoreResult<()>;
@@ -392,6 +438,29 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>>;
     async fn create_split(&self, split: &SplitRecord) -> StoreResult<i64>;
     async fn get_split(&self, id: i64) -> StoreResult<Option<SplitRecord>>;
+    async fn list_splits(&self) -> StoreResult<Vec<SplitRecord>>;
+    /// Adds devices to a running rollout (devices that matched its target later).
+    async fn add_rollout_devices(&self, id: i64, devices: &[RolloutDeviceRecord]) -> StoreResult<()>;
+    async fn insert_shadow_window(&self, window: &ShadowWindowRecord) -> StoreResult<()>;
+    async fn shadow_windows(&self, model: &str, candidate_version: Option<i64>, since_ms: i64) -> StoreResult<Vec<ShadowWindowRecord>>;
+}
+
+/// What one device's shadow candidate reported for one window.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ShadowWindowRecord {
+    pub device_id: String,
+    pub model: String,
+    pub active_version: i64,
+    pub candidate_version: i64,
+    pub window_end_ms: i64,
+    pub requests: i64,
+    pub errors: i64,
+    pub skipped: i64,
+    pub rows: i64,
+    pub rows_agreed: i64,
+    pub delta_sum: f64,
+    pub delta_max: f64,
+    pub latency_us: HistogramSnapshot,
 }
 
 #[derive(Clone, Debug, PartialEq)]

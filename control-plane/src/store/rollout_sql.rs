@@ -3,8 +3,21 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::sql::{PostgresStore, SqliteStore};
-use super::{RolloutDeviceRecord, RolloutEvent, RolloutRecord, RolloutStore, SplitRecord, StoreResult};
+use super::sql::{PostgresStore, SqliteStore, decode_histogram, encode_histogram};
+use super::{RolloutDeviceRecord, RolloutEvent, RolloutRecord, RolloutStore, ShadowWindowRecord, SplitRecord, StoreResult};
+
+macro_rules! row_to_split {
+    ($row:expr) => {{
+        let row = $row;
+        SplitRecord {
+            id: row.try_get("id")?,
+            model: row.try_get("model")?,
+            selector: row.try_get("selector")?,
+            variants_json: row.try_get("variants")?,
+            created_ms: row.try_get("created_ms")?,
+        }
+    }};
+}
 
 macro_rules! row_to_rollout {
     ($row:expr) => {{
@@ -143,16 +156,88 @@ macro_rules! impl_rollout_store {
 
             async fn get_split(&self, id: i64) -> StoreResult<Option<SplitRecord>> {
                 let row = sqlx::query("SELECT * FROM splits WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-                row.map(|row| {
-                    Ok(SplitRecord {
-                        id: row.try_get("id")?,
-                        model: row.try_get("model")?,
-                        selector: row.try_get("selector")?,
-                        variants_json: row.try_get("variants")?,
-                        created_ms: row.try_get("created_ms")?,
+                row.map(|row| Ok(row_to_split!(row))).transpose()
+            }
+
+            async fn list_splits(&self) -> StoreResult<Vec<SplitRecord>> {
+                let rows = sqlx::query("SELECT * FROM splits ORDER BY id").fetch_all(&self.pool).await?;
+                rows.iter().map(|row| Ok(row_to_split!(row))).collect()
+            }
+
+            async fn add_rollout_devices(&self, id: i64, devices: &[RolloutDeviceRecord]) -> StoreResult<()> {
+                let mut transaction = self.write_transaction().await?;
+                for device in devices {
+                    sqlx::query(
+                        "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, reason, from_version, updated_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (rollout_id, device_id) DO NOTHING",
+                    )
+                    .bind(id)
+                    .bind(&device.device_id)
+                    .bind(device.wave)
+                    .bind(&device.state)
+                    .bind(&device.reason)
+                    .bind(device.from_version)
+                    .bind(device.updated_ms)
+                    .execute(&mut *transaction)
+                    .await?;
+                }
+                transaction.commit().await?;
+                Ok(())
+            }
+
+            async fn insert_shadow_window(&self, window: &ShadowWindowRecord) -> StoreResult<()> {
+                sqlx::query(
+                    "INSERT INTO shadow_windows (device_id, model, active_version, candidate_version, window_end_ms, requests, errors, \
+                     skipped, rows_compared, rows_agreed, delta_sum, delta_max, latency) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
+                )
+                .bind(&window.device_id)
+                .bind(&window.model)
+                .bind(window.active_version)
+                .bind(window.candidate_version)
+                .bind(window.window_end_ms)
+                .bind(window.requests)
+                .bind(window.errors)
+                .bind(window.skipped)
+                .bind(window.rows)
+                .bind(window.rows_agreed)
+                .bind(window.delta_sum)
+                .bind(window.delta_max)
+                .bind(encode_histogram(&window.latency_us))
+                .execute(&self.pool)
+                .await?;
+                Ok(())
+            }
+
+            async fn shadow_windows(&self, model: &str, candidate_version: Option<i64>, since_ms: i64) -> StoreResult<Vec<ShadowWindowRecord>> {
+                let rows = sqlx::query(
+                    "SELECT * FROM shadow_windows WHERE model = $1 AND ($2 IS NULL OR candidate_version = $2) AND window_end_ms >= $3 \
+                     ORDER BY window_end_ms",
+                )
+                .bind(model)
+                .bind(candidate_version)
+                .bind(since_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(ShadowWindowRecord {
+                            device_id: row.try_get("device_id")?,
+                            model: row.try_get("model")?,
+                            active_version: row.try_get("active_version")?,
+                            candidate_version: row.try_get("candidate_version")?,
+                            window_end_ms: row.try_get("window_end_ms")?,
+                            requests: row.try_get("requests")?,
+                            errors: row.try_get("errors")?,
+                            skipped: row.try_get("skipped")?,
+                            rows: row.try_get("rows_compared")?,
+                            rows_agreed: row.try_get("rows_agreed")?,
+                            delta_sum: row.try_get("delta_sum")?,
+                            delta_max: row.try_get("delta_max")?,
+                            latency_us: decode_histogram(&row.try_get::<Vec<u8>, _>("latency")?)?,
+                        })
                     })
-                })
-                .transpose()
+                    .collect()
             }
         }
     };

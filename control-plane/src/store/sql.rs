@@ -14,8 +14,8 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
 use super::{
-    BundleRecord, DeploymentRecord, DeploymentTarget, DesiredRecord, DeviceChange, DeviceRecord, DeviceVitals, InferenceWindow,
-    ModelVersionRecord, ReportedUpdate, Store, StoreError, StoreResult,
+    BundleRecord, DeploymentRecord, DeploymentRole, DeploymentTarget, DesiredRecord, DeviceChange, DeviceRecord, DeviceVitals,
+    InferenceWindow, ModelVersionRecord, ReportedUpdate, Store, StoreError, StoreResult,
 };
 
 pub struct SqliteStore {
@@ -73,11 +73,11 @@ fn parse_labels(text: &str) -> StoreResult<BTreeMap<String, String>> {
     serde_json::from_str(text).map_err(|error| StoreError::Corrupt(format!("device labels: {error}")))
 }
 
-fn encode_histogram(snapshot: &HistogramSnapshot) -> Vec<u8> {
+pub(super) fn encode_histogram(snapshot: &HistogramSnapshot) -> Vec<u8> {
     postcard::to_stdvec(snapshot).unwrap_or_default()
 }
 
-fn decode_histogram(bytes: &[u8]) -> StoreResult<HistogramSnapshot> {
+pub(super) fn decode_histogram(bytes: &[u8]) -> StoreResult<HistogramSnapshot> {
     postcard::from_bytes(bytes).map_err(|error| StoreError::Corrupt(format!("latency histogram: {error}")))
 }
 
@@ -370,23 +370,31 @@ macro_rules! impl_store {
                 rows.iter().map(|row| Ok((row.try_get("alias")?, row.try_get("version")?))).collect()
             }
 
-            async fn insert_deployment(&self, model: &str, version: i64, target: &DeploymentTarget, at_ms: i64) -> StoreResult<i64> {
+            async fn insert_deployment_as(
+                &self,
+                model: &str,
+                version: i64,
+                role: DeploymentRole,
+                target: &DeploymentTarget,
+                at_ms: i64,
+            ) -> StoreResult<i64> {
                 let (kind, text) = target_columns(target);
                 let row = sqlx::query(
-                    "INSERT INTO deployments (model, version, target_kind, target, created_ms) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    "INSERT INTO deployments (model, version, target_kind, target, created_ms, role) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                 )
                 .bind(model)
                 .bind(version)
                 .bind(kind)
                 .bind(text)
                 .bind(at_ms)
+                .bind(role.as_str())
                 .fetch_one(&self.pool)
                 .await?;
                 Ok(row.try_get("id")?)
             }
 
             async fn list_deployments(&self) -> StoreResult<Vec<DeploymentRecord>> {
-                let rows = sqlx::query("SELECT id, model, version, target_kind, target, created_ms FROM deployments ORDER BY id")
+                let rows = sqlx::query("SELECT id, model, version, role, target_kind, target, created_ms FROM deployments ORDER BY id")
                     .fetch_all(&self.pool)
                     .await?;
                 rows.iter()
@@ -395,6 +403,8 @@ macro_rules! impl_store {
                             id: row.try_get("id")?,
                             model: row.try_get("model")?,
                             version: row.try_get("version")?,
+                            role: DeploymentRole::parse(&row.try_get::<String, _>("role")?)
+                                .ok_or_else(|| StoreError::Corrupt("deployment role".into()))?,
                             target: parse_target(&row.try_get::<String, _>("target_kind")?, &row.try_get::<String, _>("target")?)?,
                             created_ms: row.try_get("created_ms")?,
                         })
