@@ -160,7 +160,8 @@ fn slot_state(slot: &SlotView) -> (String, &str) {
 /// (`fleetml_shared::histogram`, 8 sub-buckets per power of two), so each cumulative count is
 /// exact, not interpolated: it counts the observations below the bound. Steps of 1.5× and
 /// 1.33× keep `histogram_quantile`'s in-bucket interpolation within a few tens of percent
-/// over the whole range of on-device latencies, with 38 series per version.
+/// over the whole range of on-device latencies, at 40 series per version (37 bounds, `+Inf`,
+/// `_sum`, `_count`).
 pub fn latency_bounds_us() -> Vec<u64> {
     let mut bounds: Vec<u64> = (6..24).flat_map(|power| [1u64 << power, 3u64 << (power - 1)]).collect();
     bounds.push(1 << 24);
@@ -245,7 +246,9 @@ pub const ENDED_ROLLOUT_RETENTION_MS: i64 = 24 * 3600 * 1000;
 fn rollout_families(exposition: &mut Exposition, rollouts: &[RolloutRecord], device_counts: &[RolloutDeviceCount], now_ms: i64) {
     let exported: Vec<&RolloutRecord> = rollouts
         .iter()
-        .filter(|rollout| matches!(rollout.state.as_str(), "running" | "paused") || now_ms - rollout.updated_ms <= ENDED_ROLLOUT_RETENTION_MS)
+        .filter(|rollout| {
+            matches!(rollout.state.as_str(), "running" | "paused") || now_ms - rollout.updated_ms <= ENDED_ROLLOUT_RETENTION_MS
+        })
         .collect();
     let state = exposition.family(
         "fleetml_rollout_state",
@@ -262,7 +265,8 @@ fn rollout_families(exposition: &mut Exposition, rollouts: &[RolloutRecord], dev
     }
     let wave = exposition.family("fleetml_rollout_wave", MetricKind::Gauge, "The wave a staged rollout is at (0 is the first).");
     for rollout in &exported {
-        let labels = [("rollout", &rollout.id.to_string()), ("model", &rollout.model), ("version", &rollout.version.to_string())];
+        let labels: [(&str, &str); 3] =
+            [("rollout", &rollout.id.to_string()), ("model", &rollout.model), ("version", &rollout.version.to_string())];
         wave.sample(&labels, rollout.current_wave as f64);
     }
     let devices = exposition.family("fleetml_rollout_devices", MetricKind::Gauge, "Devices of a staged rollout, by their state in it.");
@@ -294,7 +298,8 @@ fn split_families(exposition: &mut Exposition, splits: &[SplitRecord], devices: 
     let weight = exposition.family("fleetml_split_weight", MetricKind::Gauge, "The weight of each version in an A/B split.");
     for (split, variants, _) in &variants_of {
         for variant in variants {
-            let labels = [("split", &split.id.to_string()), ("model", &split.model), ("version", &variant.version.to_string())];
+            let labels: [(&str, &str); 3] =
+                [("split", &split.id.to_string()), ("model", &split.model), ("version", &variant.version.to_string())];
             weight.sample(&labels, variant.weight);
         }
     }
@@ -314,7 +319,7 @@ fn split_families(exposition: &mut Exposition, splits: &[SplitRecord], devices: 
         }
         for variant in variants {
             let version = variant.version.to_string();
-            let labels = [("split", &split.id.to_string()), ("model", &split.model), ("version", &version)];
+            let labels: [(&str, &str); 3] = [("split", &split.id.to_string()), ("model", &split.model), ("version", &version)];
             assigned.sample(&labels, n_devices.get(version.as_str()).copied().unwrap_or(0) as f64);
         }
     }
@@ -327,23 +332,23 @@ fn drift_families(exposition: &mut Exposition, gauges: &[DriftGauge]) {
     gauges.sort_by(|left, right| {
         (&left.model, left.version, &left.feature, &left.metric).cmp(&(&right.model, right.version, &right.feature, &right.metric))
     });
-    let families: [(&'static str, &'static str, fn(&DriftGauge) -> f64); 3] = [
-        ("fleetml_drift_value", "A drift statistic of one input feature of a model version.", |gauge| gauge.value),
-        ("fleetml_drift_threshold", "The value of the drift statistic above which the feature counts as drifted.", |gauge| {
-            gauge.threshold
-        }),
-        ("fleetml_drift_drifted", "1 when the drift statistic of the feature is past its threshold, else 0.", |gauge| {
-            if gauge.drifted { 1.0 } else { 0.0 }
-        }),
-    ];
-    for (name, help, value_of) in families {
-        let family = exposition.family(name, MetricKind::Gauge, help);
-        for gauge in &gauges {
-            let version = gauge.version.to_string();
-            let labels = [("model", gauge.model.as_str()), ("version", &version), ("feature", &gauge.feature), ("metric", &gauge.metric)];
-            family.sample(&labels, value_of(gauge));
-        }
-    }
+    drift_family(exposition, "fleetml_drift_value", "A drift statistic of one input feature of a model version.", &gauges, |gauge| {
+        gauge.value
+    });
+    drift_family(
+        exposition,
+        "fleetml_drift_threshold",
+        "The value of the drift statistic above which the feature counts as drifted.",
+        &gauges,
+        |gauge| gauge.threshold,
+    );
+    drift_family(
+        exposition,
+        "fleetml_drift_drifted",
+        "1 when the drift statistic of the feature is past its threshold, else 0.",
+        &gauges,
+        |gauge| if gauge.drifted { 1.0 } else { 0.0 },
+    );
     // A feature is drifted when any of its statistics is.
     let mut features: BTreeMap<(&str, i64), BTreeMap<&str, bool>> = BTreeMap::new();
     for gauge in &gauges {
@@ -357,6 +362,21 @@ fn drift_families(exposition: &mut Exposition, gauges: &[DriftGauge]) {
     for ((model, version), drifted_by_feature) in &features {
         let n_drifted = drifted_by_feature.values().filter(|drifted| **drifted).count();
         share.sample(&[("model", model), ("version", &version.to_string())], n_drifted as f64 / drifted_by_feature.len() as f64);
+    }
+}
+
+fn drift_family(
+    exposition: &mut Exposition,
+    name: &'static str,
+    help: &'static str,
+    gauges: &[&DriftGauge],
+    value_of: impl Fn(&DriftGauge) -> f64,
+) {
+    let family = exposition.family(name, MetricKind::Gauge, help);
+    for gauge in gauges {
+        let version = gauge.version.to_string();
+        let labels = [("model", gauge.model.as_str()), ("version", &version), ("feature", &gauge.feature), ("metric", &gauge.metric)];
+        family.sample(&labels, value_of(gauge));
     }
 }
 

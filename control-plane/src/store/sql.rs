@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleetml_shared::histogram::HistogramSnapshot;
+use fleetml_shared::histogram::{Histogram, HistogramSnapshot};
 use fleetml_shared::selector::Selector;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -84,26 +84,16 @@ fn decode_histogram(bytes: &[u8]) -> StoreResult<HistogramSnapshot> {
 /// What a batch of windows adds to the running totals, per model version: merged here so a
 /// batch of hundreds of windows costs one upsert per version and histogram bucket.
 fn batch_totals(windows: &[InferenceWindow]) -> Vec<InferenceTotals> {
-    let mut by_version: BTreeMap<(&str, i64), (i64, i64, BTreeMap<u16, u64>)> = BTreeMap::new();
+    let mut by_version: BTreeMap<(&str, i64), (InferenceTotals, Histogram)> = BTreeMap::new();
     for window in windows {
-        let (requests, errors, buckets) = by_version.entry((window.model.as_str(), window.version)).or_default();
-        *requests = requests.saturating_add(window.requests);
-        *errors = errors.saturating_add(window.errors);
-        for &(bucket, count) in &window.latency_us.buckets {
-            let observations = buckets.entry(bucket).or_default();
-            *observations = observations.saturating_add(count);
-        }
+        let (totals, latency) = by_version.entry((window.model.as_str(), window.version)).or_insert_with(|| {
+            (InferenceTotals { model: window.model.clone(), version: window.version, ..InferenceTotals::default() }, Histogram::default())
+        });
+        totals.requests = totals.requests.saturating_add(window.requests);
+        totals.errors = totals.errors.saturating_add(window.errors);
+        latency.merge(&window.latency_us);
     }
-    by_version
-        .into_iter()
-        .map(|((model, version), (requests, errors, buckets))| InferenceTotals {
-            model: model.to_string(),
-            version,
-            requests,
-            errors,
-            latency_us: HistogramSnapshot { buckets: buckets.into_iter().collect() },
-        })
-        .collect()
+    by_version.into_values().map(|(totals, latency)| InferenceTotals { latency_us: latency.snapshot(), ..totals }).collect()
 }
 
 fn target_columns(target: &DeploymentTarget) -> (&'static str, String) {

@@ -315,7 +315,8 @@ async fn rollout_devices_are_counted_per_state_and_splits_listed() {
             from_version: Some(1),
             updated_ms: 1,
         };
-        let first = store.create_rollout(&rollout, &[member("d1", "healthy"), member("d2", "pending"), member("d3", "healthy")]).await.unwrap();
+        let first =
+            store.create_rollout(&rollout, &[member("d1", "healthy"), member("d2", "pending"), member("d3", "healthy")]).await.unwrap();
         let second = store.create_rollout(&rollout, &[member("d4", "failed")]).await.unwrap();
         let count = |rollout_id: i64, state: &str, n_devices: i64| RolloutDeviceCount { rollout_id, state: state.into(), n_devices };
         assert_eq!(

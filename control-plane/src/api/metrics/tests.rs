@@ -156,7 +156,8 @@ fn parse(text: &str) -> Parsed {
             assert!(!line.starts_with('#'), "comment line `{line}`");
             let name_end = line.find(['{', ' ']).expect("name then labels or value");
             let name = &line[..name_end];
-            let (labels, rest) = if line[name_end..].starts_with('{') { parse_labels(&line[name_end..]) } else { (BTreeMap::new(), &line[name_end..]) };
+            let (labels, rest) =
+                if line[name_end..].starts_with('{') { parse_labels(&line[name_end..]) } else { (BTreeMap::new(), &line[name_end..]) };
             let value = rest.strip_prefix(' ').expect("one space before the value");
             assert!(!value.contains(' '), "no timestamp: `{line}`");
             let family_name = current.as_deref().expect("a sample after HELP and TYPE");
@@ -199,7 +200,10 @@ fn check_histogram(name: &str, family: &ParsedFamily) {
     assert_eq!(sums, counts.len(), "one _sum per series of {name}");
     assert_eq!(buckets.len(), counts.len(), "buckets and _count for the same series of {name}");
     for (series, series_buckets) in &buckets {
-        assert!(series_buckets.windows(2).all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1), "{name}{series:?}: {series_buckets:?}");
+        assert!(
+            series_buckets.windows(2).all(|pair| pair[0].0 < pair[1].0 && pair[0].1 <= pair[1].1),
+            "{name}{series:?}: {series_buckets:?}"
+        );
         let last = series_buckets.last().expect("buckets");
         assert_eq!(last.0, f64::INFINITY, "{name}{series:?} ends in +Inf");
         assert_eq!(Some(&last.1), counts.get(series), "{name}{series:?}: +Inf equals _count");
@@ -239,8 +243,7 @@ fn window(device_id: &str, version: i64, latencies_us: &[u64], errors: i64) -> I
 }
 
 async fn get_metrics(core: &Arc<PlaneCore>) -> (StatusCode, String, String) {
-    let response =
-        crate::api::router(core.clone()).oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
+    let response = crate::api::router(core.clone()).oneshot(Request::builder().uri("/metrics").body(Body::empty()).unwrap()).await.unwrap();
     let status = response.status();
     let content_type = response.headers().get(header::CONTENT_TYPE).map(|value| value.to_str().unwrap().to_string()).unwrap_or_default();
     let body = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
@@ -313,11 +316,13 @@ async fn metrics_route_exports_the_fleet_inference_rollouts_splits_and_counters_
         from_version: Some(2),
         updated_ms: now_ms,
     };
-    let rollout_id =
-        store.create_rollout(&rollout, &[member("d2", 0, "downloading"), member("d3", 0, "failed"), member("d4", 1, "pending")]).await.unwrap();
+    let rollout_id = store
+        .create_rollout(&rollout, &[member("d2", 0, "downloading"), member("d3", 0, "failed"), member("d4", 1, "pending")])
+        .await
+        .unwrap();
     // Ended long ago: no longer exported.
-    let old = RolloutRecord { state: "completed".into(), updated_ms: now_ms - ENDED_ROLLOUT_RETENTION_MS - 1, ..rollout.clone() };
-    let old_id = store.create_rollout(&old, &[]).await.unwrap();
+    let old_id = store.create_rollout(&rollout, &[]).await.unwrap();
+    store.update_rollout(old_id, "completed", 1, now_ms, now_ms - ENDED_ROLLOUT_RETENTION_MS - 1).await.unwrap();
     let split_id = store
         .create_split(&SplitRecord {
             id: 0,
@@ -341,7 +346,8 @@ async fn metrics_route_exports_the_fleet_inference_rollouts_splits_and_counters_
     assert_eq!(parsed.value("fleetml_devices_online", &[]), 3.0);
     assert_eq!(parsed.value("fleetml_devices_offline", &[]), 1.0);
     assert_eq!(parsed.value("fleetml_device_refused_messages", &[]), 4.0);
-    let slots = |version: &str, state: &str| parsed.value("fleetml_model_devices", &[("model", "m"), ("version", version), ("state", state)]);
+    let slots =
+        |version: &str, state: &str| parsed.value("fleetml_model_devices", &[("model", "m"), ("version", version), ("state", state)]);
     assert_eq!((slots("2", "active"), slots("3", "fetching"), slots("3", "failed"), slots("2", "pending")), (1.0, 1.0, 1.0, 1.0));
     assert_eq!(parsed.samples_of("fleetml_model_devices").len(), 4);
 
@@ -398,7 +404,7 @@ async fn metrics_route_exports_the_fleet_inference_rollouts_splits_and_counters_
     for name in ["fleetml_fetch_requests_total", "fleetml_chunk_bytes_published_total", "fleetml_desired_published_total"] {
         assert_eq!(parsed.value(name, &[]), 0.0, "{name}");
     }
-    assert_eq!(parsed.families[&"fleetml_refused_messages_total".to_string()].kind.as_deref(), Some("counter"));
+    assert_eq!(parsed.families["fleetml_refused_messages_total"].kind.as_deref(), Some("counter"));
 
     // Counters only grow: another batch adds to them.
     store.insert_windows(&[window("d3", 2, &[100], 0)]).await.unwrap();
