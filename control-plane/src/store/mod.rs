@@ -402,8 +402,9 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
     async fn update_rollout(&self, id: i64, state: &str, current_wave: i64, wave_started_ms: i64, now_ms: i64) -> StoreResult<()>;
     async fn rollout_devices(&self, id: i64) -> StoreResult<Vec<RolloutDeviceRecord>>;
-    /// How many devices of each rollout are in each state, in one query, ordered by rollout and state.
-    async fn rollout_device_counts(&self) -> StoreResult<Vec<RolloutDeviceCount>>;
+    /// How many devices are in each state, per rollout that is running, paused, or changed
+    /// since `updated_since_ms`: one query, ordered by rollout and state.
+    async fn rollout_device_counts(&self, updated_since_ms: i64) -> StoreResult<Vec<RolloutDeviceCount>>;
     async fn update_rollout_device(&self, id: i64, device_id: &str, state: &str, reason: &str, now_ms: i64) -> StoreResult<()>;
     async fn add_rollout_event(&self, id: i64, kind: &str, detail: &str, at_ms: i64) -> StoreResult<()>;
     async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>>;

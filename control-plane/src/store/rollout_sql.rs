@@ -115,10 +115,13 @@ macro_rules! impl_rollout_store {
                     .collect()
             }
 
-            async fn rollout_device_counts(&self) -> StoreResult<Vec<RolloutDeviceCount>> {
+            async fn rollout_device_counts(&self, updated_since_ms: i64) -> StoreResult<Vec<RolloutDeviceCount>> {
                 let rows = sqlx::query(
-                    "SELECT rollout_id, state, COUNT(*) AS n_devices FROM rollout_devices GROUP BY rollout_id, state ORDER BY rollout_id, state",
+                    "SELECT d.rollout_id, d.state, COUNT(*) AS n_devices FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id \
+                     WHERE r.state IN ('running', 'paused') OR r.updated_ms >= $1 \
+                     GROUP BY d.rollout_id, d.state ORDER BY d.rollout_id, d.state",
                 )
+                .bind(updated_since_ms)
                 .fetch_all(&self.pool)
                 .await?;
                 rows.iter()

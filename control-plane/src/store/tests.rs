@@ -318,12 +318,17 @@ async fn rollout_devices_are_counted_per_state_and_splits_listed() {
         let first =
             store.create_rollout(&rollout, &[member("d1", "healthy"), member("d2", "pending"), member("d3", "healthy")]).await.unwrap();
         let second = store.create_rollout(&rollout, &[member("d4", "failed")]).await.unwrap();
+        store.update_rollout(second, "paused", 0, 1, 2).await.unwrap();
+        let ended = store.create_rollout(&rollout, &[member("d5", "healthy")]).await.unwrap();
+        store.update_rollout(ended, "completed", 0, 1, 5).await.unwrap();
         let count = |rollout_id: i64, state: &str, n_devices: i64| RolloutDeviceCount { rollout_id, state: state.into(), n_devices };
+        // Running and paused rollouts whatever their age; ended ones only when changed since.
         assert_eq!(
-            store.rollout_device_counts().await.unwrap(),
+            store.rollout_device_counts(6).await.unwrap(),
             vec![count(first, "healthy", 2), count(first, "pending", 1), count(second, "failed", 1)],
             "{backend}"
         );
+        assert_eq!(store.rollout_device_counts(5).await.unwrap().last(), Some(&count(ended, "healthy", 1)), "{backend}");
 
         assert!(store.list_splits().await.unwrap().is_empty(), "{backend}");
         let split = |model: &str| SplitRecord {
