@@ -56,6 +56,9 @@ pub struct Scrape {
     pub now_ms: i64,
 }
 
+/// The handler behind `GET /metrics` (no token, like the scrape targets Prometheus expects).
+/// The six reads run concurrently, each a single query (two for the inference totals); they
+/// are not one transaction, so families may be a few milliseconds apart.
 pub async fn metrics(State(core): State<Arc<PlaneCore>>) -> Result<Response, ApiError> {
     let store = &core.store;
     let now_ms = fleetml_shared::now_ms() as i64;
