@@ -2,6 +2,7 @@
 //! Every `/api/v1` route but `health` and `signing-key` needs a bearer token.
 
 pub mod error;
+pub mod metrics;
 pub mod mlflow;
 pub mod rollouts;
 pub mod runs;
@@ -69,7 +70,7 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
     Router::new()
         .nest("/api/v1", api)
         .merge(mlflow)
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics::metrics))
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(core)
 }
@@ -361,48 +362,4 @@ async fn get_device(State(core): State<Arc<PlaneCore>>, Path(device_id): Path<St
         .find(|view| view.device_id == device_id)
         .map(Json)
         .ok_or_else(|| ApiError::NotFound(format!("device `{device_id}`")))
-}
-
-/// Prometheus text exposition: fleet counts and the plane's counters.
-async fn metrics(State(core): State<Arc<PlaneCore>>) -> Result<Response, ApiError> {
-    let devices = core.store.list_devices().await?;
-    let n_online = devices.iter().filter(|device| device.online).count();
-    let counters = &core.counters;
-    let mut text = String::new();
-    let mut gauge = |name: &str, help: &str, kind: &str, value: f64| {
-        text.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"));
-    };
-    gauge("fleetml_devices", "Devices known to the plane.", "gauge", devices.len() as f64);
-    gauge("fleetml_devices_online", "Devices connected now.", "gauge", n_online as f64);
-    gauge(
-        "fleetml_refused_messages_total",
-        "Device messages refused as malformed or inconsistent.",
-        "counter",
-        counters.refused_messages.load(Ordering::Relaxed) as f64,
-    );
-    gauge(
-        "fleetml_fetch_requests_total",
-        "Chunk fetch requests received.",
-        "counter",
-        counters.fetch_requests.load(Ordering::Relaxed) as f64,
-    );
-    gauge(
-        "fleetml_chunks_published_total",
-        "Bundle chunks published.",
-        "counter",
-        counters.chunks_published.load(Ordering::Relaxed) as f64,
-    );
-    gauge(
-        "fleetml_chunk_bytes_published_total",
-        "Bytes of bundle chunks published.",
-        "counter",
-        counters.chunk_bytes_published.load(Ordering::Relaxed) as f64,
-    );
-    gauge(
-        "fleetml_desired_published_total",
-        "Desired states published.",
-        "counter",
-        counters.desired_published.load(Ordering::Relaxed) as f64,
-    );
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }

@@ -57,11 +57,11 @@ pub struct SplitView {
     pub variants: Vec<VariantView>,
 }
 
-fn salt(split: &SplitRecord) -> String {
+pub(super) fn salt(split: &SplitRecord) -> String {
     format!("split-{}", split.id)
 }
 
-fn weights(variants: &[Variant]) -> Vec<(String, f64)> {
+pub(super) fn weights(variants: &[Variant]) -> Vec<(String, f64)> {
     variants.iter().map(|variant| (variant.version.to_string(), variant.weight)).collect()
 }
 

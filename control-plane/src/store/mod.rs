@@ -203,6 +203,18 @@ pub struct InferenceWindow {
     pub latency_us: HistogramSnapshot,
 }
 
+/// Everything the stored windows of one model version add up to. Windows are per-heartbeat
+/// deltas, so each field only grows: a counter, whatever the agents do.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct InferenceTotals {
+    pub model: String,
+    pub version: i64,
+    pub requests: i64,
+    pub errors: i64,
+    /// The merge of the windows' latency histograms (those stored since migration 0005).
+    pub latency_us: HistogramSnapshot,
+}
+
 #[async_trait]
 pub trait Store: TrackingStore + RolloutStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
@@ -245,6 +257,9 @@ pub trait Store: TrackingStore + RolloutStore + Send + Sync + 'static {
     // telemetry
     async fn insert_windows(&self, windows: &[InferenceWindow]) -> StoreResult<()>;
     async fn windows_since(&self, model: &str, version: Option<i64>, since_ms: i64) -> StoreResult<Vec<InferenceWindow>>;
+    /// Totals over every window stored, per model version, ordered by model and version.
+    /// Kept up to date by `insert_windows`, so this reads a few rows per version.
+    async fn inference_totals(&self) -> StoreResult<Vec<InferenceTotals>>;
 
     // tokens
     async fn insert_token(&self, token_sha256: &str, name: &str, at_ms: i64) -> StoreResult<()>;
@@ -433,6 +448,9 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
     async fn update_rollout(&self, id: i64, state: &str, current_wave: i64, wave_started_ms: i64, now_ms: i64) -> StoreResult<()>;
     async fn rollout_devices(&self, id: i64) -> StoreResult<Vec<RolloutDeviceRecord>>;
+    /// How many devices are in each state, per rollout that is running, paused, or changed
+    /// since `updated_since_ms`: one query, ordered by rollout and state.
+    async fn rollout_device_counts(&self, updated_since_ms: i64) -> StoreResult<Vec<RolloutDeviceCount>>;
     async fn update_rollout_device(&self, id: i64, device_id: &str, state: &str, reason: &str, now_ms: i64) -> StoreResult<()>;
     async fn add_rollout_event(&self, id: i64, kind: &str, detail: &str, at_ms: i64) -> StoreResult<()>;
     async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>>;
@@ -461,6 +479,13 @@ pub struct ShadowWindowRecord {
     pub delta_sum: f64,
     pub delta_max: f64,
     pub latency_us: HistogramSnapshot,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RolloutDeviceCount {
+    pub rollout_id: i64,
+    pub state: String,
+    pub n_devices: i64,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -4,20 +4,9 @@ use async_trait::async_trait;
 use sqlx::Row;
 
 use super::sql::{PostgresStore, SqliteStore, decode_histogram, encode_histogram};
-use super::{RolloutDeviceRecord, RolloutEvent, RolloutRecord, RolloutStore, ShadowWindowRecord, SplitRecord, StoreResult};
-
-macro_rules! row_to_split {
-    ($row:expr) => {{
-        let row = $row;
-        SplitRecord {
-            id: row.try_get("id")?,
-            model: row.try_get("model")?,
-            selector: row.try_get("selector")?,
-            variants_json: row.try_get("variants")?,
-            created_ms: row.try_get("created_ms")?,
-        }
-    }};
-}
+use super::{
+    RolloutDeviceCount, RolloutDeviceRecord, RolloutEvent, RolloutRecord, RolloutStore, ShadowWindowRecord, SplitRecord, StoreResult,
+};
 
 macro_rules! row_to_rollout {
     ($row:expr) => {{
@@ -33,6 +22,19 @@ macro_rules! row_to_rollout {
             created_by: row.try_get("created_by")?,
             created_ms: row.try_get("created_ms")?,
             updated_ms: row.try_get("updated_ms")?,
+        }
+    }};
+}
+
+macro_rules! row_to_split {
+    ($row:expr) => {{
+        let row = $row;
+        SplitRecord {
+            id: row.try_get("id")?,
+            model: row.try_get("model")?,
+            selector: row.try_get("selector")?,
+            variants_json: row.try_get("variants")?,
+            created_ms: row.try_get("created_ms")?,
         }
     }};
 }
@@ -115,6 +117,26 @@ macro_rules! impl_rollout_store {
                     .collect()
             }
 
+            async fn rollout_device_counts(&self, updated_since_ms: i64) -> StoreResult<Vec<RolloutDeviceCount>> {
+                let rows = sqlx::query(
+                    "SELECT d.rollout_id, d.state, COUNT(*) AS n_devices FROM rollout_devices d JOIN rollouts r ON r.id = d.rollout_id \
+                     WHERE r.state IN ('running', 'paused') OR r.updated_ms >= $1 \
+                     GROUP BY d.rollout_id, d.state ORDER BY d.rollout_id, d.state",
+                )
+                .bind(updated_since_ms)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.iter()
+                    .map(|row| {
+                        Ok(RolloutDeviceCount {
+                            rollout_id: row.try_get("rollout_id")?,
+                            state: row.try_get("state")?,
+                            n_devices: row.try_get("n_devices")?,
+                        })
+                    })
+                    .collect()
+            }
+
             async fn update_rollout_device(&self, id: i64, device_id: &str, state: &str, reason: &str, now_ms: i64) -> StoreResult<()> {
                 sqlx::query("UPDATE rollout_devices SET state = $3, reason = $4, updated_ms = $5 WHERE rollout_id = $1 AND device_id = $2")
                     .bind(id)
@@ -156,7 +178,7 @@ macro_rules! impl_rollout_store {
 
             async fn get_split(&self, id: i64) -> StoreResult<Option<SplitRecord>> {
                 let row = sqlx::query("SELECT * FROM splits WHERE id = $1").bind(id).fetch_optional(&self.pool).await?;
-                row.map(|row| Ok(row_to_split!(row))).transpose()
+                row.map(|row| Ok(row_to_split!(&row))).transpose()
             }
 
             async fn list_splits(&self) -> StoreResult<Vec<SplitRecord>> {

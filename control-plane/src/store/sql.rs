@@ -7,7 +7,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleetml_shared::histogram::HistogramSnapshot;
+use fleetml_shared::histogram::{Histogram, HistogramSnapshot};
 use fleetml_shared::selector::Selector;
 use sqlx::Row;
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -15,7 +15,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePo
 
 use super::{
     BundleRecord, DeploymentRecord, DeploymentRole, DeploymentTarget, DesiredRecord, DeviceChange, DeviceRecord, DeviceVitals,
-    InferenceWindow, ModelVersionRecord, ReportedUpdate, Store, StoreError, StoreResult,
+    InferenceTotals, InferenceWindow, ModelVersionRecord, ReportedUpdate, Store, StoreError, StoreResult,
 };
 
 pub struct SqliteStore {
@@ -79,6 +79,21 @@ pub(super) fn encode_histogram(snapshot: &HistogramSnapshot) -> Vec<u8> {
 
 pub(super) fn decode_histogram(bytes: &[u8]) -> StoreResult<HistogramSnapshot> {
     postcard::from_bytes(bytes).map_err(|error| StoreError::Corrupt(format!("latency histogram: {error}")))
+}
+
+/// What a batch of windows adds to the running totals, per model version: merged here so a
+/// batch of hundreds of windows costs one upsert per version and histogram bucket.
+fn batch_totals(windows: &[InferenceWindow]) -> Vec<InferenceTotals> {
+    let mut by_version: BTreeMap<(&str, i64), (InferenceTotals, Histogram)> = BTreeMap::new();
+    for window in windows {
+        let (totals, latency) = by_version.entry((window.model.as_str(), window.version)).or_insert_with(|| {
+            (InferenceTotals { model: window.model.clone(), version: window.version, ..InferenceTotals::default() }, Histogram::default())
+        });
+        totals.requests = totals.requests.saturating_add(window.requests);
+        totals.errors = totals.errors.saturating_add(window.errors);
+        latency.merge(&window.latency_us);
+    }
+    by_version.into_values().map(|(totals, latency)| InferenceTotals { latency_us: latency.snapshot(), ..totals }).collect()
 }
 
 fn target_columns(target: &DeploymentTarget) -> (&'static str, String) {
@@ -464,8 +479,58 @@ macro_rules! impl_store {
                     .execute(&mut *transaction)
                     .await?;
                 }
+                // Additive upserts: concurrent writers (two planes on one PostgreSQL) lose nothing.
+                for totals in batch_totals(windows) {
+                    sqlx::query(
+                        "INSERT INTO inference_totals (model, version, requests, errors) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (model, version) DO UPDATE SET requests = inference_totals.requests + excluded.requests, \
+                         errors = inference_totals.errors + excluded.errors",
+                    )
+                    .bind(&totals.model)
+                    .bind(totals.version)
+                    .bind(totals.requests)
+                    .bind(totals.errors)
+                    .execute(&mut *transaction)
+                    .await?;
+                    for &(bucket, observations) in &totals.latency_us.buckets {
+                        sqlx::query(
+                            "INSERT INTO inference_latency_buckets (model, version, bucket, observations) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (model, version, bucket) DO UPDATE SET \
+                             observations = inference_latency_buckets.observations + excluded.observations",
+                        )
+                        .bind(&totals.model)
+                        .bind(totals.version)
+                        .bind(i64::from(bucket))
+                        .bind(i64::try_from(observations).unwrap_or(i64::MAX))
+                        .execute(&mut *transaction)
+                        .await?;
+                    }
+                }
                 transaction.commit().await?;
                 Ok(())
+            }
+
+            async fn inference_totals(&self) -> StoreResult<Vec<InferenceTotals>> {
+                let mut by_version: BTreeMap<(String, i64), InferenceTotals> = BTreeMap::new();
+                let rows = sqlx::query("SELECT model, version, requests, errors FROM inference_totals").fetch_all(&self.pool).await?;
+                for row in &rows {
+                    let (model, version): (String, i64) = (row.try_get("model")?, row.try_get("version")?);
+                    let totals = by_version.entry((model.clone(), version)).or_insert_with(|| InferenceTotals { model, version, ..InferenceTotals::default() });
+                    totals.requests = row.try_get("requests")?;
+                    totals.errors = row.try_get("errors")?;
+                }
+                let rows = sqlx::query("SELECT model, version, bucket, observations FROM inference_latency_buckets ORDER BY model, version, bucket")
+                    .fetch_all(&self.pool)
+                    .await?;
+                for row in &rows {
+                    let (model, version): (String, i64) = (row.try_get("model")?, row.try_get("version")?);
+                    let bucket = u16::try_from(row.try_get::<i64, _>("bucket")?)
+                        .map_err(|_| StoreError::Corrupt(format!("latency bucket of {model}@{version}")))?;
+                    let observations = u64::try_from(row.try_get::<i64, _>("observations")?).unwrap_or(0);
+                    let totals = by_version.entry((model.clone(), version)).or_insert_with(|| InferenceTotals { model, version, ..InferenceTotals::default() });
+                    totals.latency_us.buckets.push((bucket, observations));
+                }
+                Ok(by_version.into_values().collect())
             }
 
             async fn windows_since(&self, model: &str, version: Option<i64>, since_ms: i64) -> StoreResult<Vec<InferenceWindow>> {

@@ -249,3 +249,99 @@ async fn runs_log_batches_atomically_and_keep_a_long_metric_history() {
         assert_eq!(store.list_runs(&[experiment_id]).await.unwrap().len(), 1);
     }
 }
+
+#[tokio::test]
+async fn inference_totals_add_up_every_batch_per_version() {
+    for (store, _dir) in stores().await {
+        let backend = store.backend();
+        assert!(store.inference_totals().await.unwrap().is_empty(), "{backend}");
+        let window = |device: &str, version: i64, requests: i64, buckets: Vec<(u16, u64)>| InferenceWindow {
+            device_id: device.into(),
+            model: "m".into(),
+            version,
+            window_end_ms: 1,
+            window_ms: 1000,
+            requests,
+            errors: 1,
+            latency_us: HistogramSnapshot { buckets },
+        };
+        store.insert_windows(&[window("d1", 1, 10, vec![(3, 7), (90, 3)]), window("d2", 1, 5, vec![(90, 5)])]).await.unwrap();
+        store.insert_windows(&[window("d1", 1, 2, vec![(4, 2)]), window("d1", 2, 4, vec![(100, 4)])]).await.unwrap();
+        let totals = store.inference_totals().await.unwrap();
+        assert_eq!(
+            totals,
+            vec![
+                InferenceTotals {
+                    model: "m".into(),
+                    version: 1,
+                    requests: 17,
+                    errors: 3,
+                    latency_us: HistogramSnapshot { buckets: vec![(3, 7), (4, 2), (90, 8)] },
+                },
+                InferenceTotals {
+                    model: "m".into(),
+                    version: 2,
+                    requests: 4,
+                    errors: 1,
+                    latency_us: HistogramSnapshot { buckets: vec![(100, 4)] },
+                },
+            ],
+            "{backend}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rollout_devices_are_counted_per_state_and_splits_listed() {
+    for (store, _dir) in stores().await {
+        let backend = store.backend();
+        let rollout = RolloutRecord {
+            id: 0,
+            model: "m".into(),
+            version: 2,
+            policy_json: "{}".into(),
+            state: "running".into(),
+            current_wave: 0,
+            wave_started_ms: 1,
+            created_by: "admin".into(),
+            created_ms: 1,
+            updated_ms: 1,
+        };
+        let member = |device_id: &str, state: &str| RolloutDeviceRecord {
+            device_id: device_id.into(),
+            wave: 0,
+            state: state.into(),
+            reason: String::new(),
+            from_version: Some(1),
+            updated_ms: 1,
+        };
+        let first =
+            store.create_rollout(&rollout, &[member("d1", "healthy"), member("d2", "pending"), member("d3", "healthy")]).await.unwrap();
+        let second = store.create_rollout(&rollout, &[member("d4", "failed")]).await.unwrap();
+        store.update_rollout(second, "paused", 0, 1, 2).await.unwrap();
+        let ended = store.create_rollout(&rollout, &[member("d5", "healthy")]).await.unwrap();
+        store.update_rollout(ended, "completed", 0, 1, 5).await.unwrap();
+        let count = |rollout_id: i64, state: &str, n_devices: i64| RolloutDeviceCount { rollout_id, state: state.into(), n_devices };
+        // Running and paused rollouts whatever their age; ended ones only when changed since.
+        assert_eq!(
+            store.rollout_device_counts(6).await.unwrap(),
+            vec![count(first, "healthy", 2), count(first, "pending", 1), count(second, "failed", 1)],
+            "{backend}"
+        );
+        assert_eq!(store.rollout_device_counts(5).await.unwrap().last(), Some(&count(ended, "healthy", 1)), "{backend}");
+
+        assert!(store.list_splits().await.unwrap().is_empty(), "{backend}");
+        let split = |model: &str| SplitRecord {
+            id: 0,
+            model: model.into(),
+            selector: "site=a".into(),
+            variants_json: r#"[{"version":1,"weight":0.5},{"version":2,"weight":0.5}]"#.into(),
+            created_ms: 5,
+        };
+        let a = store.create_split(&split("a")).await.unwrap();
+        let b = store.create_split(&split("b")).await.unwrap();
+        let listed = store.list_splits().await.unwrap();
+        assert_eq!(listed.iter().map(|split| (split.id, split.model.as_str())).collect::<Vec<_>>(), [(a, "a"), (b, "b")], "{backend}");
+        assert_eq!(listed[0], SplitRecord { id: a, ..split("a") }, "{backend}");
+    }
+}
