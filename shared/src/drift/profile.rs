@@ -795,3 +795,163 @@ fn build_channels(axis: u32, shape: &[usize], values: &[f64]) -> Result<FeatureD
     document.moments = Some(MomentsDocument::PerChannel(per_channel.iter().map(|values| Moments::of_values(values)).collect()));
     Ok(document)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_profile() -> Profile {
+        let numeric: Vec<f64> = (0..1_000).map(|row| ((row * 37) % 101) as f64 / 10.0).collect();
+        let zero_inflated: Vec<f64> = (0..1_000).map(|row| if row % 2 == 0 { 0.0 } else { row as f64 }).collect();
+        let colour: Vec<f64> = (0..1_000).map(|row| [0.0, 1.0, 1.0, 2.0, f64::NAN][row % 5]).collect();
+        let pixels: Vec<f64> = (0..2 * 3 * 4).map(|position| position as f64).collect();
+        let columns = [
+            ColumnSpec { name: "x0".into(), side: Side::Input, tensor: "input".into(), kind: ColumnKind::Numeric { index: 0 }, metric: None },
+            ColumnSpec { name: "zeros".into(), side: Side::Input, tensor: "input".into(), kind: ColumnKind::Numeric { index: 1 }, metric: Some(Metric::Psi) },
+            ColumnSpec {
+                name: "colour".into(),
+                side: Side::Input,
+                tensor: "input".into(),
+                kind: ColumnKind::Categorical { index: 2, labels: Some(vec![(0, "red".into()), (1, "green".into()), (2, "blue".into())]) },
+                metric: None,
+            },
+            ColumnSpec {
+                name: "pixels".into(),
+                side: Side::Input,
+                tensor: "image".into(),
+                kind: ColumnKind::Channels { axis: 1, shape: vec![2, 3, 4] },
+                metric: None,
+            },
+        ];
+        Profile::build(&columns, &[&numeric, &zero_inflated, &colour, &pixels], &BuildOptions::default()).unwrap()
+    }
+
+    #[test]
+    fn built_profile_has_equal_mass_bins_and_exact_counts() {
+        let profile = sample_profile();
+        assert_eq!(profile.rows(), 1_000);
+        let Reference::Numeric(x0) = &profile.features()[0].reference else { panic!("x0 is numeric") };
+        assert_eq!(x0.bin_edges.len(), 19);
+        assert_eq!(x0.bin_counts.iter().sum::<u64>(), 1_000);
+        assert!(x0.bin_counts.iter().all(|count| (40..=60).contains(count)), "{:?}", x0.bin_counts);
+        let Reference::Numeric(zeros) = &profile.features()[1].reference else { panic!("zeros is numeric") };
+        assert_eq!(zeros.bin_edges[0], 0.0, "zero-inflated edges are deduplicated: {:?}", zeros.bin_edges);
+        assert_eq!(zeros.bin_counts[0], 500);
+        let Reference::Categorical(colour) = &profile.features()[2].reference else { panic!("colour is categorical") };
+        assert_eq!((colour.vocabulary.as_slice(), colour.counts.as_slice(), colour.nulls), (&[0, 1, 2][..], &[200, 400, 200][..], 200));
+        assert_eq!(colour.labels.as_deref(), Some(&["red".to_owned(), "green".to_owned(), "blue".to_owned()][..]));
+        let Reference::Channels(pixels) = &profile.features()[3].reference else { panic!("pixels is channels") };
+        // Channel 1 holds positions 4..8 and 16..20.
+        assert_eq!(pixels.moments[1].count, 8);
+        assert_eq!(pixels.moments[1].mean, 11.5);
+    }
+
+    #[test]
+    fn json_round_trip_gives_back_the_same_profile() {
+        let profile = sample_profile();
+        let json = profile.to_json();
+        let reloaded = Profile::from_json(&json).unwrap();
+        assert_eq!(reloaded.to_document(), profile.to_document());
+        assert_eq!(reloaded.to_json(), json);
+    }
+
+    #[test]
+    fn equal_mass_edges_follow_the_documented_rule() {
+        #[track_caller]
+        fn check(sorted: &[f64], n_bins: usize, expected: &[f64]) {
+            assert_eq!(equal_mass_edges(sorted, n_bins), expected);
+        }
+        check(&[], 4, &[]);
+        check(&[1.0, 2.0, 3.0, 4.0], 4, &[1.0, 2.0, 3.0]);
+        check(&[5.0; 10], 4, &[5.0]);
+        check(&[0.0, 0.0, 0.0, 1.0, 2.0, 3.0], 3, &[0.0, 1.0]);
+        check(&[1.0, 2.0, 3.0], 1, &[]);
+    }
+
+    #[test]
+    fn bins_are_closed_on_the_right() {
+        let edges = [0.0, 1.0, 2.0];
+        for (value, expected) in [(-5.0, 0), (0.0, 0), (0.5, 1), (1.0, 1), (2.0, 2), (2.1, 3), (f64::INFINITY, 3), (f64::NEG_INFINITY, 0)] {
+            assert_eq!(bin_of(&edges, value), expected, "value {value}");
+        }
+    }
+
+    /// Each case edits the JSON of a valid profile and names the error it must produce.
+    #[test]
+    fn invalid_profiles_are_refused_with_the_feature_and_the_reason() {
+        let valid: serde_json::Value = serde_json::from_slice(&sample_profile().to_json()).unwrap();
+        #[track_caller]
+        fn check(valid: &serde_json::Value, edit: impl FnOnce(&mut serde_json::Value), expected: &str) {
+            let mut document = valid.clone();
+            edit(&mut document);
+            let error = Profile::from_json(&serde_json::to_vec(&document).unwrap()).unwrap_err().to_string();
+            assert!(error.contains(expected), "expected `{expected}` in `{error}`");
+        }
+        let json = &valid;
+        check(json, |doc| doc["format"] = "other".into(), "format must be `fleetml.profile`");
+        check(json, |doc| doc["version"] = 2.into(), "unsupported version 2");
+        check(json, |doc| doc["kll_k"] = 4.into(), "kll_k must be in");
+        check(json, |doc| doc["kll_k"] = 70_000.into(), "not valid JSON");
+        check(json, |doc| doc["surprise"] = 1.into(), "unknown field `surprise`");
+        check(json, |doc| doc["features"] = serde_json::json!([]), "no features");
+        check(json, |doc| doc["window"]["samples"] = 0.into(), "window seconds and samples must be positive");
+        check(json, |doc| doc["thresholds"]["share"] = 1.5.into(), "threshold share");
+        check(json, |doc| doc["thresholds"]["chi_square_p"] = 0.0.into(), "threshold chi_square_p");
+        check(json, |doc| doc["thresholds"]["wasserstein"] = (-1.0).into(), "threshold wasserstein");
+        check(json, |doc| doc["thresholds"]["consecutive_windows"] = 0.into(), "consecutive_windows");
+        check(json, |doc| doc["features"][1]["name"] = "x0".into(), "feature `x0`: duplicate feature name");
+        check(json, |doc| doc["features"][0]["name"] = "".into(), "empty name");
+        check(json, |doc| doc["features"][0]["tensor"] = "".into(), "`x0`: empty tensor name");
+        check(json, |doc| doc["features"][0]["kind"] = "text".into(), "`x0`: unknown variant `text`");
+        check(json, |doc| doc["features"][0]["side"] = "middle".into(), "`x0`: unknown variant `middle`");
+        check(json, |doc| doc["features"][0]["metric"] = "entropy".into(), "`x0`: unknown variant `entropy`");
+        check(json, |doc| doc["features"][0]["metric"] = "chi_square".into(), "`x0`: metric ChiSquare does not apply to a Numeric feature");
+        check(json, |doc| doc["features"][2]["metric"] = "ks".into(), "`colour`: metric Ks does not apply");
+        check(json, |doc| doc["features"][0]["kll"] = "zz".into(), "`x0`: kll is not hex");
+        check(json, |doc| doc["features"][0]["kll"] = "05010f00".into(), "`x0`: kll is not a KLL float sketch");
+        check(json, |doc| doc["features"][0].as_object_mut().unwrap().remove("kll").map(drop).unwrap_or(()), "`x0`: missing `kll`");
+        check(json, |doc| doc["features"][0].as_object_mut().unwrap().remove("index").map(drop).unwrap_or(()), "`x0`: missing `index`");
+        check(json, |doc| doc["features"][0]["bin_edges"][3] = 100.0.into(), "`x0`: bin_edges must be strictly increasing: bin_edges[3]=100");
+        check(json, |doc| doc["features"][0]["bin_edges"][0] = "inf".into(), "`x0`: invalid type");
+        check(json, |doc| doc["features"][0]["bin_counts"].as_array_mut().unwrap().push(0.into()), "`x0`: bin_counts has 21 entries, expected 20");
+        check(json, |doc| doc["features"][0]["bin_counts"][0] = 0.into(), "`x0`: bin_counts sum to Some(");
+        check(json, |doc| doc["features"][0]["moments"]["count"] = 7.into(), "`x0`: bin_counts sum to Some(1000) but moments.count is 7");
+        check(json, |doc| doc["features"][0]["moments"]["variance"] = (-1.0).into(), "`x0`: moments: variance is negative");
+        check(json, |doc| doc["features"][0]["moments"]["min"] = 1e9.into(), "`x0`: moments: min is greater than max");
+        check(json, |doc| doc["features"][0]["moments"] = serde_json::json!([]), "`x0`: numeric feature needs `moments` as one object");
+        check(json, |doc| doc["features"][0]["vocabulary"] = serde_json::json!([1]), "`x0`: field `vocabulary` does not belong");
+        check(json, |doc| doc["features"][2]["vocabulary"] = serde_json::json!([2, 1, 0]), "`colour`: vocabulary must be sorted and distinct");
+        check(json, |doc| doc["features"][2]["vocabulary"] = serde_json::json!([]), "`colour`: vocabulary must have");
+        check(json, |doc| doc["features"][2]["counts"] = serde_json::json!([1, 2]), "`colour`: counts has 2 entries but vocabulary has 3");
+        check(json, |doc| doc["features"][2]["labels"] = serde_json::json!(["red"]), "`colour`: labels has 1 entries");
+        check(json, |doc| doc["features"][2]["vocabulary"][0] = 0.5.into(), "`colour`: invalid type");
+        check(json, |doc| doc["features"][3].as_object_mut().unwrap().remove("axis").map(drop).unwrap_or(()), "`pixels`: missing `axis`");
+        check(json, |doc| doc["features"][3]["moments"] = serde_json::json!([]), "`pixels`: channels needs 1..=");
+        check(json, |doc| doc["features"][3]["moments"][0]["mean"] = "x".into(), "`pixels`: data did not match any variant");
+    }
+
+    #[test]
+    fn a_sketch_with_another_k_is_refused() {
+        let mut document = sample_profile().to_document();
+        let mut kll = FloatKll::new(100).unwrap();
+        kll.update(KllFloat::<f32>::new(1.0).unwrap());
+        document.features[0].kll = Some(hex::encode(kll.serialize()));
+        let error = Profile::from_document(document).unwrap_err().to_string();
+        assert!(error.contains("`x0`: kll sketch has k=100 but the profile says kll_k=200"), "{error}");
+    }
+
+    #[test]
+    fn build_refuses_bad_columns() {
+        let spec = |kind| ColumnSpec { name: "c".into(), side: Side::Output, tensor: "t".into(), kind, metric: None };
+        #[track_caller]
+        fn check(columns: &[ColumnSpec], data: &[&[f64]], expected: &str) {
+            let error = Profile::build(columns, data, &BuildOptions::default()).unwrap_err().to_string();
+            assert!(error.contains(expected), "expected `{expected}` in `{error}`");
+        }
+        check(&[spec(ColumnKind::Categorical { index: 0, labels: None })], &[&[1.0, 1.5]], "column `c`: row 1: 1.5 is not an integral category code");
+        check(&[spec(ColumnKind::Categorical { index: 0, labels: None })], &[&[f64::NAN]], "column `c`: no non-null values");
+        check(&[spec(ColumnKind::Channels { axis: 3, shape: vec![1, 2] })], &[&[1.0, 2.0]], "axis 3 is outside shape");
+        check(&[spec(ColumnKind::Channels { axis: 1, shape: vec![1, 3] })], &[&[1.0, 2.0]], "holds 3 values but 2 were given");
+        check(&[spec(ColumnKind::Numeric { index: 0 })], &[], "1 column specs but 0 data columns");
+    }
+}
