@@ -428,3 +428,94 @@ fn ln_gamma(x: f64) -> f64 {
     let t = x + 7.5;
     0.5 * (2.0 * std::f64::consts::PI).ln() + (x + 0.5) * t.ln() - t + sum.ln()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regularized_gamma_q_matches_closed_forms() {
+        // For integer a: Q(a, x) = e^-x Σ_{k<a} x^k / k!.
+        fn integer_q(a: u32, x: f64) -> f64 {
+            let (mut term, mut sum) = (1.0, 1.0);
+            for k in 1..a {
+                term *= x / k as f64;
+                sum += term;
+            }
+            (-x).exp() * sum
+        }
+        #[track_caller]
+        fn check(a: f64, x: f64, expected: f64) {
+            let actual = regularized_gamma_q(a, x);
+            let tolerance = 1e-12_f64.max(expected * 1e-10);
+            assert!((actual - expected).abs() < tolerance, "Q({a}, {x}) = {actual}, expected {expected}");
+        }
+        for (a, x) in [(1, 0.5), (1, 3.0), (2, 0.1), (5, 3.0), (5, 12.0), (10, 9.5), (25, 20.0), (25, 40.0), (50, 60.0), (100, 80.0)] {
+            check(a as f64, x, integer_q(a, x));
+        }
+        // Q(1/2, x) = erfc(√x); chi-square critical values from tables.
+        check(0.5, 1.0, 0.157_299_207_050_285_1);
+        check(0.5, 0.25, 0.479_500_122_186_953_5);
+        check(0.5, 3.841_458_820_694_124 / 2.0, 0.05);
+        check(5.0, 18.307_038_053_275_146 / 2.0, 0.05);
+        check(0.5, 0.0, 1.0);
+        assert!(regularized_gamma_q(0.0, 1.0).is_nan());
+    }
+
+    #[test]
+    fn ln_gamma_matches_factorials() {
+        let mut factorial = 1.0f64;
+        for n in 1..30u32 {
+            assert!((ln_gamma(n as f64) - factorial.ln()).abs() < 1e-12 * factorial.ln().max(1.0), "Γ({n})");
+            factorial *= n as f64;
+        }
+        assert!((ln_gamma(0.5) - std::f64::consts::PI.sqrt().ln()).abs() < 1e-14);
+    }
+
+    #[test]
+    fn psi_and_jensen_shannon_match_hand_computed_values() {
+        #[track_caller]
+        fn check(reference: &[u64], current: &[u64], expected_psi: f64, expected_js: f64) {
+            assert!((psi(reference, current) - expected_psi).abs() < 1e-12, "psi {reference:?} {current:?}: {}", psi(reference, current));
+            let js = jensen_shannon(reference, current);
+            assert!((js - expected_js).abs() < 1e-12, "js {reference:?} {current:?}: {js}");
+        }
+        let ln2 = std::f64::consts::LN_2;
+        check(&[5, 5], &[5, 5], 0.0, 0.0);
+        check(&[10, 30], &[1, 3], 0.0, 0.0);
+        // p = (1, 0), q = (0, 1): disjoint, JS divergence ln 2; PSI with 0.0001 smoothing.
+        check(&[4, 0], &[0, 4], 2.0 * (1.0 - 0.0001) * (1.0f64 / 0.0001).ln(), ln2.sqrt());
+        // p = (1/2, 1/2), q = (1, 0): m = (3/4, 1/4).
+        let divergence = (0.5 * (0.5f64 / 0.75).ln() + 0.5 * (0.5f64 / 0.25).ln() + (1.0f64 / 0.75).ln()) / 2.0;
+        check(&[1, 1], &[2, 0], (0.5 - 1.0) * 0.5f64.ln() + (0.5 - 0.0001) * (0.5f64 / 0.0001).ln(), divergence.sqrt());
+    }
+
+    #[test]
+    fn chi_square_matches_a_hand_computed_table() {
+        // 2×3 table: row totals 60 and 40, column totals 30, 30, 40, so expected counts are
+        // (18, 18, 24) and (12, 12, 16).
+        let test = chi_square(&[20, 10, 30], &[10, 20, 10]);
+        let expected = 4.0 / 18.0 + 64.0 / 18.0 + 36.0 / 24.0 + 4.0 / 12.0 + 64.0 / 12.0 + 36.0 / 16.0;
+        assert!((test.statistic - expected).abs() < 1e-12);
+        assert_eq!(test.degrees_of_freedom, 2);
+        // With 2 degrees of freedom the survival function is exp(-χ²/2).
+        assert!((test.p_value - (-expected / 2.0).exp()).abs() < 1e-14);
+        assert_eq!(chi_square(&[5, 0], &[3, 0]).p_value, 1.0, "one category left");
+        assert_eq!(chi_square(&[5, 1, 0], &[3, 1, 0]).degrees_of_freedom, 1, "empty categories are dropped");
+    }
+
+    #[test]
+    fn step_function_metrics_match_hand_computed_values() {
+        let cdf = WeightedCdf::of_values;
+        #[track_caller]
+        fn check(a: &WeightedCdf, b: &WeightedCdf, expected_ks: f64, expected_w1: f64) {
+            assert!((ks_statistic(a, b) - expected_ks).abs() < 1e-12, "ks {}", ks_statistic(a, b));
+            assert!((wasserstein_distance(a, b) - expected_w1).abs() < 1e-12, "w1 {}", wasserstein_distance(a, b));
+        }
+        check(&cdf(&[1.0, 2.0, 3.0]), &cdf(&[1.0, 2.0, 3.0]), 0.0, 0.0);
+        check(&cdf(&[0.0, 1.0]), &cdf(&[5.0, 6.0]), 1.0, 5.0);
+        check(&cdf(&[0.0, 0.0, 1.0, 1.0]), &cdf(&[0.0, 1.0, 1.0, 1.0]), 0.25, 0.25);
+        check(&cdf(&[1.0, 2.0, 3.0, 4.0]), &cdf(&[2.0, 3.0]), 0.25, 0.5);
+        check(&cdf(&[]), &cdf(&[1.0]), 0.0, 0.0);
+    }
+}

@@ -806,8 +806,20 @@ mod tests {
         let colour: Vec<f64> = (0..1_000).map(|row| [0.0, 1.0, 1.0, 2.0, f64::NAN][row % 5]).collect();
         let pixels: Vec<f64> = (0..2 * 3 * 4).map(|position| position as f64).collect();
         let columns = [
-            ColumnSpec { name: "x0".into(), side: Side::Input, tensor: "input".into(), kind: ColumnKind::Numeric { index: 0 }, metric: None },
-            ColumnSpec { name: "zeros".into(), side: Side::Input, tensor: "input".into(), kind: ColumnKind::Numeric { index: 1 }, metric: Some(Metric::Psi) },
+            ColumnSpec {
+                name: "x0".into(),
+                side: Side::Input,
+                tensor: "input".into(),
+                kind: ColumnKind::Numeric { index: 0 },
+                metric: None,
+            },
+            ColumnSpec {
+                name: "zeros".into(),
+                side: Side::Input,
+                tensor: "input".into(),
+                kind: ColumnKind::Numeric { index: 1 },
+                metric: Some(Metric::Psi),
+            },
             ColumnSpec {
                 name: "colour".into(),
                 side: Side::Input,
@@ -911,16 +923,28 @@ mod tests {
         check(json, |doc| doc["features"][0]["kll"] = "05010f00".into(), "`x0`: kll is not a KLL float sketch");
         check(json, |doc| doc["features"][0].as_object_mut().unwrap().remove("kll").map(drop).unwrap_or(()), "`x0`: missing `kll`");
         check(json, |doc| doc["features"][0].as_object_mut().unwrap().remove("index").map(drop).unwrap_or(()), "`x0`: missing `index`");
-        check(json, |doc| doc["features"][0]["bin_edges"][3] = 100.0.into(), "`x0`: bin_edges must be strictly increasing: bin_edges[3]=100");
+        check(
+            json,
+            |doc| doc["features"][0]["bin_edges"][3] = 100.0.into(),
+            "`x0`: bin_edges must be strictly increasing: bin_edges[3]=100",
+        );
         check(json, |doc| doc["features"][0]["bin_edges"][0] = "inf".into(), "`x0`: invalid type");
-        check(json, |doc| doc["features"][0]["bin_counts"].as_array_mut().unwrap().push(0.into()), "`x0`: bin_counts has 21 entries, expected 20");
+        check(
+            json,
+            |doc| doc["features"][0]["bin_counts"].as_array_mut().unwrap().push(0.into()),
+            "`x0`: bin_counts has 21 entries, expected 20",
+        );
         check(json, |doc| doc["features"][0]["bin_counts"][0] = 0.into(), "`x0`: bin_counts sum to Some(");
         check(json, |doc| doc["features"][0]["moments"]["count"] = 7.into(), "`x0`: bin_counts sum to Some(1000) but moments.count is 7");
         check(json, |doc| doc["features"][0]["moments"]["variance"] = (-1.0).into(), "`x0`: moments: variance is negative");
         check(json, |doc| doc["features"][0]["moments"]["min"] = 1e9.into(), "`x0`: moments: min is greater than max");
         check(json, |doc| doc["features"][0]["moments"] = serde_json::json!([]), "`x0`: numeric feature needs `moments` as one object");
         check(json, |doc| doc["features"][0]["vocabulary"] = serde_json::json!([1]), "`x0`: field `vocabulary` does not belong");
-        check(json, |doc| doc["features"][2]["vocabulary"] = serde_json::json!([2, 1, 0]), "`colour`: vocabulary must be sorted and distinct");
+        check(
+            json,
+            |doc| doc["features"][2]["vocabulary"] = serde_json::json!([2, 1, 0]),
+            "`colour`: vocabulary must be sorted and distinct",
+        );
         check(json, |doc| doc["features"][2]["vocabulary"] = serde_json::json!([]), "`colour`: vocabulary must have");
         check(json, |doc| doc["features"][2]["counts"] = serde_json::json!([1, 2]), "`colour`: counts has 2 entries but vocabulary has 3");
         check(json, |doc| doc["features"][2]["labels"] = serde_json::json!(["red"]), "`colour`: labels has 1 entries");
@@ -948,7 +972,11 @@ mod tests {
             let error = Profile::build(columns, data, &BuildOptions::default()).unwrap_err().to_string();
             assert!(error.contains(expected), "expected `{expected}` in `{error}`");
         }
-        check(&[spec(ColumnKind::Categorical { index: 0, labels: None })], &[&[1.0, 1.5]], "column `c`: row 1: 1.5 is not an integral category code");
+        check(
+            &[spec(ColumnKind::Categorical { index: 0, labels: None })],
+            &[&[1.0, 1.5]],
+            "column `c`: row 1: 1.5 is not an integral category code",
+        );
         check(&[spec(ColumnKind::Categorical { index: 0, labels: None })], &[&[f64::NAN]], "column `c`: no non-null values");
         check(&[spec(ColumnKind::Channels { axis: 3, shape: vec![1, 2] })], &[&[1.0, 2.0]], "axis 3 is outside shape");
         check(&[spec(ColumnKind::Channels { axis: 1, shape: vec![1, 3] })], &[&[1.0, 2.0]], "holds 3 values but 2 were given");

@@ -666,3 +666,248 @@ fn check_room(merged: &[u64], window: &[u64]) -> Result<(), String> {
 fn add_counts(merged: &mut [u64], window: &[u64]) {
     merged.iter_mut().zip(window).for_each(|(merged, window)| *merged += window);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::drift::profile::{BuildOptions, ColumnKind, ColumnSpec};
+
+    fn profile() -> Profile {
+        let x: Vec<f64> = (0..500).map(|row| (row % 50) as f64).collect();
+        let code: Vec<f64> = (0..500).map(|row| (row % 3 + 10) as f64).collect();
+        let pixels: Vec<f64> = (0..2 * 2 * 3).map(|position| position as f64).collect();
+        let columns = [
+            ColumnSpec { name: "x".into(), side: Side::Input, tensor: "in".into(), kind: ColumnKind::Numeric { index: 0 }, metric: None },
+            ColumnSpec {
+                name: "code".into(),
+                side: Side::Input,
+                tensor: "in".into(),
+                kind: ColumnKind::Categorical { index: 1, labels: None },
+                metric: None,
+            },
+            ColumnSpec {
+                name: "class".into(),
+                side: Side::Output,
+                tensor: "label".into(),
+                kind: ColumnKind::Categorical { index: 0, labels: None },
+                metric: None,
+            },
+            ColumnSpec {
+                name: "img".into(),
+                side: Side::Input,
+                tensor: "img".into(),
+                kind: ColumnKind::Channels { axis: 1, shape: vec![2, 2, 3] },
+                metric: None,
+            },
+        ];
+        Profile::build(&columns, &[&x, &code, &code, &pixels], &BuildOptions::default()).unwrap()
+    }
+
+    fn window(profile: &Profile, rows: &[[f32; 2]]) -> DriftWindow {
+        let mut accumulator = WindowAccumulator::new(profile);
+        let flat: Vec<f32> = rows.iter().flatten().copied().collect();
+        accumulator.observe(Side::Input, "in", TensorValues::F32(&flat), 2).unwrap();
+        let labels: Vec<i64> = rows.iter().map(|row| row[1] as i64).collect();
+        accumulator.observe(Side::Output, "label", TensorValues::I64(&labels), 1).unwrap();
+        accumulator.observe_shaped(Side::Input, "img", TensorValues::F32(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]), &[1, 2, 3]).unwrap();
+        accumulator.take(1_000, 2_000).unwrap()
+    }
+
+    #[test]
+    fn chan_merge_equals_one_pass_moments() {
+        let values: Vec<f64> = (0..1_000).map(|index| ((index * 7919) % 1_013) as f64 * 0.37 - 50.0).collect();
+        let whole = Moments::of_values(&values);
+        for split in [0, 1, 10, 500, 999, 1_000] {
+            let merged = Moments::of_values(&values[..split]).merge(&Moments::of_values(&values[split..]));
+            assert_eq!(merged.count, whole.count);
+            assert!((merged.mean - whole.mean).abs() < 1e-12, "split {split}");
+            assert!((merged.variance - whole.variance).abs() < 1e-9 * whole.variance, "split {split}");
+            assert_eq!((merged.min, merged.max), (whole.min, whole.max));
+        }
+        let mut accumulator = MomentsAccumulator::EMPTY;
+        values.iter().for_each(|value| accumulator.push(*value));
+        let welford = accumulator.to_moments();
+        assert!((welford.mean - whole.mean).abs() < 1e-12 && (welford.variance - whole.variance).abs() < 1e-9 * whole.variance);
+    }
+
+    #[test]
+    fn window_counts_every_value_once_and_resets_on_take() {
+        let profile = profile();
+        let mut accumulator = WindowAccumulator::new(&profile);
+        assert!(accumulator.take(0, 1).is_none());
+        let rows: Vec<f32> = vec![1.0, 10.0, f32::NAN, 11.0, 60.0, 99.0, 2.5, 12.5];
+        accumulator.observe(Side::Input, "in", TensorValues::F32(&rows), 2).unwrap();
+        accumulator.observe(Side::Input, "not-monitored", TensorValues::F32(&rows), 2).unwrap();
+        let window = accumulator.take(5, 6).unwrap();
+        assert_eq!(window.samples, 4);
+        let FeatureSummary::Numeric { kll, bin_counts, moments, nulls } = &window.features[0] else { panic!("numeric") };
+        assert_eq!((moments.count, *nulls, bin_counts.iter().sum::<u64>()), (3, 1, 3));
+        assert_eq!(FloatKll::deserialize(kll).unwrap().n(), 3);
+        assert_eq!((moments.min, moments.max), (1.0, 60.0));
+        let FeatureSummary::Categorical { counts, other, other_items, nulls } = &window.features[1] else { panic!("categorical") };
+        assert_eq!((counts.as_slice(), *other, *nulls), (&[1, 1, 0][..], 2, 0));
+        let items = FrequentItemsSketch::<i64>::deserialize(other_items).unwrap();
+        assert_eq!((items.estimate(&99), items.estimate(&12)), (1, 1), "12.5 is counted under its truncation");
+        assert!(accumulator.take(7, 8).is_none(), "take resets the window");
+    }
+
+    #[test]
+    fn observe_refuses_bad_shapes_without_counting() {
+        let profile = profile();
+        let mut accumulator = WindowAccumulator::new(&profile);
+        #[track_caller]
+        fn check(result: Result<(), DriftError>, expected: &str) {
+            let error = result.unwrap_err().to_string();
+            assert!(error.contains(expected), "expected `{expected}` in `{error}`");
+        }
+        check(accumulator.observe(Side::Input, "in", TensorValues::F32(&[1.0, 2.0, 3.0]), 2), "3 values do not make rows of 2");
+        check(accumulator.observe(Side::Input, "in", TensorValues::F32(&[1.0]), 1), "column 1 is outside rows of 1");
+        check(accumulator.observe(Side::Input, "in", TensorValues::F32(&[1.0]), 0), "do not make rows of 0");
+        check(
+            accumulator.observe_shaped(Side::Input, "img", TensorValues::F32(&[0.0; 6]), &[1, 3, 2]),
+            "axis 1 of shape [1, 3, 2] is not 2 channels",
+        );
+        check(accumulator.observe_shaped(Side::Input, "img", TensorValues::F32(&[0.0; 6]), &[1, 2, 2]), "does not hold 6 values");
+        assert!(accumulator.take(0, 1).is_none());
+    }
+
+    #[test]
+    fn merged_windows_add_up() {
+        let profile = profile();
+        let mut merged = MergedWindow::new(&profile);
+        merged.merge(&window(&profile, &[[1.0, 10.0], [2.0, 11.0]])).unwrap();
+        merged.merge(&window(&profile, &[[3.0, 12.0], [f32::NAN, 13.0], [5.0, 10.0]])).unwrap();
+        assert_eq!((merged.samples(), merged.n_windows(), merged.span_ms()), (5, 2, Some((1_000, 2_000))));
+        let MergedFeature::Numeric { kll, moments, nulls, .. } = &merged.features()[0] else { panic!("numeric") };
+        assert_eq!((kll.n(), moments.count, *nulls), (4, 4, 1));
+        assert_eq!(moments.mean, 2.75);
+        let MergedFeature::Categorical { counts, other, other_items, .. } = &merged.features()[2] else { panic!("categorical") };
+        assert_eq!((counts.as_slice(), *other, other_items.estimate(&13)), (&[2, 1, 1][..], 1, 1));
+        let MergedFeature::Channels { moments } = &merged.features()[3] else { panic!("channels") };
+        assert_eq!((moments[0].count, moments[0].mean, moments[1].mean), (6, 2.0, 5.0));
+    }
+
+    /// Each case corrupts one field of a valid window; the merge must refuse it by name and
+    /// leave the merged state exactly as it was.
+    #[test]
+    fn merge_refuses_mismatched_windows_without_changing_state() {
+        let profile = profile();
+        let good = window(&profile, &[[1.0, 10.0], [2.0, 11.0], [3.0, 77.0]]);
+        let mut merged = MergedWindow::new(&profile);
+        merged.merge(&good).unwrap();
+        let before = format!("{merged:?}");
+        let cases: Vec<(&str, Box<dyn Fn(&mut DriftWindow)>)> = vec![
+            ("3 features, the profile has 4", Box::new(|window| drop(window.features.pop()))),
+            ("starts at 5 after it ends at 1", Box::new(|window| (window.started_at_ms, window.ended_at_ms) = (5, 1))),
+            ("sample count overflows", Box::new(|window| window.samples = u64::MAX)),
+            ("feature `x`: summary kind does not match the profile's numeric feature", Box::new(|window| window.features.swap(0, 1))),
+            (
+                "feature `x`: 2 bin counts",
+                Box::new(|window| {
+                    if let FeatureSummary::Numeric { bin_counts, .. } = &mut window.features[0] {
+                        bin_counts.truncate(2)
+                    }
+                }),
+            ),
+            (
+                "feature `x`: kll is not a KLL float sketch",
+                Box::new(|window| {
+                    if let FeatureSummary::Numeric { kll, .. } = &mut window.features[0] {
+                        kll.truncate(9)
+                    }
+                }),
+            ),
+            (
+                "feature `x`: kll has k=100",
+                Box::new(|window| {
+                    if let FeatureSummary::Numeric { kll, .. } = &mut window.features[0] {
+                        let mut other = FloatKll::new(100).unwrap();
+                        for value in [1.0, 2.0, 3.0] {
+                            other.update(KllFloat::<f32>::new(value).unwrap());
+                        }
+                        *kll = other.serialize();
+                    }
+                }),
+            ),
+            (
+                "feature `x`: bins hold 4 values",
+                Box::new(|window| {
+                    if let FeatureSummary::Numeric { bin_counts, .. } = &mut window.features[0] {
+                        bin_counts[0] += 1
+                    }
+                }),
+            ),
+            (
+                "feature `x`: moments are not valid",
+                Box::new(|window| {
+                    if let FeatureSummary::Numeric { moments, .. } = &mut window.features[0] {
+                        moments.mean = f64::NAN
+                    }
+                }),
+            ),
+            (
+                "feature `x`: 3 values and 9 nulls in a window of 3 samples",
+                Box::new(|window| {
+                    if let FeatureSummary::Numeric { nulls, .. } = &mut window.features[0] {
+                        *nulls = 9
+                    }
+                }),
+            ),
+            (
+                "feature `code`: 2 category counts",
+                Box::new(|window| {
+                    if let FeatureSummary::Categorical { counts, .. } = &mut window.features[1] {
+                        counts.pop();
+                    }
+                }),
+            ),
+            (
+                "feature `code`: other_items is not a frequent-items sketch",
+                Box::new(|window| {
+                    if let FeatureSummary::Categorical { other_items, .. } = &mut window.features[1] {
+                        *other_items = vec![1, 2, 3]
+                    }
+                }),
+            ),
+            (
+                "feature `code`: other_items holds 1 values but other is 5",
+                Box::new(|window| {
+                    if let FeatureSummary::Categorical { other, .. } = &mut window.features[1] {
+                        *other = 5
+                    }
+                }),
+            ),
+            (
+                "feature `class`: Some(4) values in a window of 3 samples",
+                Box::new(|window| {
+                    if let FeatureSummary::Categorical { counts, .. } = &mut window.features[2] {
+                        counts[0] += 1
+                    }
+                }),
+            ),
+            (
+                "feature `img`: 1 channels, the profile has 2",
+                Box::new(|window| {
+                    if let FeatureSummary::Channels { moments } = &mut window.features[3] {
+                        moments.pop();
+                    }
+                }),
+            ),
+        ];
+        for (expected, corrupt) in cases {
+            let mut bad = good.clone();
+            corrupt(&mut bad);
+            let error = merged.merge(&bad).unwrap_err().to_string();
+            assert!(error.contains(expected), "expected `{expected}` in `{error}`");
+            assert_eq!(format!("{merged:?}"), before, "state changed after: {expected}");
+        }
+    }
+
+    #[test]
+    fn window_survives_postcard() {
+        let profile = profile();
+        let window = window(&profile, &[[1.0, 10.0], [2.0, 99.0]]);
+        let bytes = postcard::to_allocvec(&window).unwrap();
+        assert_eq!(postcard::from_bytes::<DriftWindow>(&bytes).unwrap(), window);
+    }
+}
