@@ -69,9 +69,30 @@ impl Client {
     }
 
     pub async fn push(&self, model: &str, onnx: Vec<u8>, description: &str) -> anyhow::Result<PushResponse> {
+        self.push_with_profile(model, onnx, description, None).await
+    }
+
+    /// Uploads `profile` (if any) to `/api/v1/profiles`, then pushes the model with it attached.
+    pub async fn push_with_profile(
+        &self,
+        model: &str,
+        onnx: Vec<u8>,
+        description: &str,
+        profile: Option<Vec<u8>>,
+    ) -> anyhow::Result<PushResponse> {
+        let mut query = vec![("description", description.to_string())];
+        if let Some(profile) = profile {
+            let builder = self
+                .request(reqwest::Method::POST, "/api/v1/profiles")
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(profile);
+            let uploaded: serde_json::Value = self.send(builder).await?;
+            let sha256 = uploaded["sha256"].as_str().context("the plane did not answer the profile's sha256")?;
+            query.push(("profile", sha256.to_string()));
+        }
         let builder = self
             .request(reqwest::Method::POST, &format!("/api/v1/models/{model}/versions"))
-            .query(&[("description", description)])
+            .query(&query)
             .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
             .body(onnx);
         self.send(builder).await
@@ -206,6 +227,40 @@ fn micros(value: Option<f64>) -> String {
 
 fn percent(value: Option<f64>) -> String {
     value.map(|value| format!("{:.2}%", value * 100.0)).unwrap_or_else(|| "-".into())
+}
+
+/// The drift table: one line per feature and output.
+pub fn print_drift(view: &serde_json::Value) {
+    let cohort = view["cohort"].as_str().unwrap_or("all devices");
+    println!(
+        "{}@{} over the last {} ({cohort}): {} samples from {} devices, {} windows",
+        view["model"].as_str().unwrap_or(""),
+        view["version"],
+        view["window"].as_str().unwrap_or(""),
+        view["samples"],
+        view["devices"],
+        view["windows"]
+    );
+    println!("  {:<20} {:<7} {:<15} {:>10} {:>10}  DRIFTED", "FEATURE", "SIDE", "METRIC", "VALUE", "THRESHOLD");
+    for feature in view["features"].as_array().into_iter().flatten() {
+        let value = feature["value"].as_f64().map(|value| format!("{value:.4}")).unwrap_or_else(|| "-".into());
+        println!(
+            "  {:<20} {:<7} {:<15} {:>10} {:>10}  {}",
+            feature["name"].as_str().unwrap_or(""),
+            feature["side"].as_str().unwrap_or(""),
+            feature["metric"].as_str().unwrap_or(""),
+            value,
+            feature["threshold"].as_f64().map(|threshold| format!("{threshold}")).unwrap_or_default(),
+            if feature["drifted"] == true { "yes" } else { "no" }
+        );
+    }
+    println!(
+        "share of features drifted: {:.0}% ({} of {}); dataset drifted: {}",
+        view["share_drifted"].as_f64().unwrap_or(0.0) * 100.0,
+        view["n_drifted"],
+        view["n_counted"],
+        if view["dataset_drifted"] == true { "yes" } else { "no" }
+    );
 }
 
 pub fn print_split(view: &crate::api::splits::SplitView) {
@@ -358,6 +413,7 @@ pub fn bundle_build(
     signing_key: &Path,
     out: &Path,
     expires_in_days: u64,
+    profile: Option<Vec<u8>>,
 ) -> anyhow::Result<String> {
     let onnx = std::fs::read(onnx_path).with_context(|| format!("reading {}", onnx_path.display()))?;
     let key_pair = SigningKeyPair::read(signing_key)?;
@@ -367,6 +423,7 @@ pub fn bundle_build(
         expires_in_ms: (expires_in_days > 0).then(|| expires_in_days * 86_400_000),
         latency_budget_ms: None,
         tolerance: DEFAULT_SELF_TEST_TOLERANCE,
+        profile,
     };
     let built = registry::build_bundle(&onnx, &options, &key_pair, fleetml_shared::now_ms())?;
     std::fs::write(out, &built.file_bytes).with_context(|| format!("writing {}", out.display()))?;
@@ -436,4 +493,97 @@ mod tests {
         assert!(parse_reference("m").is_err());
         assert!(parse_reference("@1").is_err());
     }
+}
+
+/// What `fleetml profile build` reads from a CSV.
+pub struct ProfileBuildArgs<'a> {
+    pub csv: &'a Path,
+    /// CSV columns, in the order of the input tensor's elements (default: every column but
+    /// `outputs`' in file order). `name:INDEX` pins a column to an element.
+    pub columns: Option<Vec<String>>,
+    /// Columns whose values are category codes.
+    pub categorical: Vec<String>,
+    /// `COLUMN=TENSOR`: a column that holds a model output (a class label, a score).
+    pub outputs: Vec<String>,
+    pub input_tensor: String,
+    pub options: fleetml_shared::drift::profile::BuildOptions,
+}
+
+/// Builds a reference profile from a CSV: per column its KLL sketch, ~20 equal-mass bins with
+/// exact counts and moments, or for categories the vocabulary and counts.
+pub fn profile_build(args: &ProfileBuildArgs<'_>) -> anyhow::Result<fleetml_shared::drift::profile::Profile> {
+    use fleetml_shared::drift::Side;
+    use fleetml_shared::drift::profile::{ColumnKind, ColumnSpec, Profile};
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .trim(csv::Trim::All)
+        .from_path(args.csv)
+        .with_context(|| format!("reading {}", args.csv.display()))?;
+    let headers: Vec<String> = reader.headers().with_context(|| format!("reading the header of {}", args.csv.display()))?.iter().map(str::to_string).collect();
+    let column_idx = |name: &str| -> anyhow::Result<usize> {
+        headers.iter().position(|header| header == name).with_context(|| format!("no column `{name}` in the CSV (columns: {})", headers.join(", ")))
+    };
+    let mut outputs: Vec<(usize, String, String)> = Vec::new();
+    for output in &args.outputs {
+        let (column, tensor) = output.split_once('=').with_context(|| format!("--output `{output}`: expected COLUMN=TENSOR"))?;
+        outputs.push((column_idx(column)?, column.to_string(), tensor.to_string()));
+    }
+    let selected: Vec<(usize, String, u32)> = match &args.columns {
+        Some(columns) => columns
+            .iter()
+            .enumerate()
+            .map(|(position, column)| {
+                let (name, index) = match column.split_once(':') {
+                    Some((name, index)) => (name, index.parse::<u32>().with_context(|| format!("--columns `{column}`: INDEX is not a number"))?),
+                    None => (column.as_str(), position as u32),
+                };
+                Ok((column_idx(name)?, name.to_string(), index))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        None => headers
+            .iter()
+            .enumerate()
+            .filter(|(csv_idx, _)| !outputs.iter().any(|(output_idx, _, _)| output_idx == csv_idx))
+            .enumerate()
+            .map(|(position, (csv_idx, name))| (csv_idx, name.clone(), position as u32))
+            .collect(),
+    };
+    for name in &args.categorical {
+        anyhow::ensure!(
+            selected.iter().any(|(_, selected_name, _)| selected_name == name) || outputs.iter().any(|(_, output, _)| output == name),
+            "--categorical `{name}` is not one of the profiled columns"
+        );
+    }
+    let mut values: Vec<Vec<f64>> = vec![Vec::new(); selected.len() + outputs.len()];
+    let csv_indices: Vec<usize> = selected.iter().map(|(csv_idx, _, _)| *csv_idx).chain(outputs.iter().map(|(csv_idx, _, _)| *csv_idx)).collect();
+    for (row_idx, record) in reader.records().enumerate() {
+        let record = record.with_context(|| format!("CSV row {}", row_idx + 2))?;
+        for (column_values, csv_idx) in values.iter_mut().zip(&csv_indices) {
+            let field = record.get(*csv_idx).unwrap_or("");
+            // Empty, NA and NaN are nulls; anything else must be a number.
+            let value = if field.is_empty() || field.eq_ignore_ascii_case("na") || field.eq_ignore_ascii_case("nan") {
+                f64::NAN
+            } else {
+                field.parse::<f64>().with_context(|| format!("CSV row {}, column `{}`: `{field}` is not a number", row_idx + 2, headers[*csv_idx]))?
+            };
+            column_values.push(value);
+        }
+    }
+    anyhow::ensure!(values.first().is_some_and(|column| !column.is_empty()), "the CSV has no data rows");
+    let kind = |name: &str, index: u32| {
+        if args.categorical.iter().any(|categorical| categorical == name) {
+            ColumnKind::Categorical { index, labels: None }
+        } else {
+            ColumnKind::Numeric { index }
+        }
+    };
+    let mut specs: Vec<ColumnSpec> = selected
+        .iter()
+        .map(|(_, name, index)| ColumnSpec { name: name.clone(), side: Side::Input, tensor: args.input_tensor.clone(), kind: kind(name, *index), metric: None })
+        .collect();
+    specs.extend(
+        outputs.iter().map(|(_, name, tensor)| ColumnSpec { name: name.clone(), side: Side::Output, tensor: tensor.clone(), kind: kind(name, 0), metric: None }),
+    );
+    let data: Vec<&[f64]> = values.iter().map(Vec::as_slice).collect();
+    Ok(Profile::build(&specs, &data, &args.options)?)
 }

@@ -42,8 +42,26 @@ pub struct PlaneConfig {
     pub admin_token: Option<String>,
     /// Fetch requests for a bundle arriving within this window share one chunk publish.
     pub coalesce_window: Duration,
+    pub drift: DriftConfig,
     /// Print the generated admin token (serve does; the demo prints it itself).
     pub announce_token: bool,
+}
+
+/// Drift alerts: where they go and when windows are judged.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DriftConfig {
+    /// Drift events are POSTed here as JSON (none: MQTT and the store only).
+    pub webhook_url: Option<String>,
+    /// How long after a window period closes the plane waits for late windows before it judges it.
+    pub grace: Duration,
+    /// Overrides the period of each profile's window for alerting.
+    pub evaluation_period: Option<Duration>,
+}
+
+impl Default for DriftConfig {
+    fn default() -> Self {
+        DriftConfig { webhook_url: None, grace: Duration::from_secs(2), evaluation_period: None }
+    }
 }
 
 #[derive(Clone, Debug, Default, clap::Args)]
@@ -78,6 +96,15 @@ pub struct ServeArgs {
     /// Milliseconds during which fetch requests are coalesced into one publish.
     #[arg(long, env = "FLEETML_COALESCE_MS")]
     pub coalesce_ms: Option<u64>,
+    /// POST drift events (JSON) to this URL.
+    #[arg(long, env = "FLEETML_DRIFT_WEBHOOK")]
+    pub drift_webhook: Option<String>,
+    /// Wait this long for late device windows before judging a window period.
+    #[arg(long, env = "FLEETML_DRIFT_GRACE_MS")]
+    pub drift_grace_ms: Option<u64>,
+    /// Judge drift over periods of this many seconds instead of each profile's window.
+    #[arg(long, env = "FLEETML_DRIFT_PERIOD_SECONDS")]
+    pub drift_period_seconds: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -92,6 +119,16 @@ pub struct FileConfig {
     pub signing_key: Option<PathBuf>,
     pub admin_token: Option<String>,
     pub coalesce_ms: Option<u64>,
+    #[serde(default)]
+    pub drift: FileDriftConfig,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDriftConfig {
+    pub webhook_url: Option<String>,
+    pub grace_ms: Option<u64>,
+    pub period_seconds: Option<u64>,
 }
 
 impl FileConfig {
@@ -131,7 +168,23 @@ pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<PlaneConfig, Confi
     if coalesce_ms > 10_000 {
         return Err(config_error("coalesce_ms", "must be at most 10000"));
     }
+    let webhook_url = args.drift_webhook.clone().or_else(|| file.drift.webhook_url.clone());
+    if let Some(url) = &webhook_url
+        && !(url.starts_with("http://") || url.starts_with("https://"))
+    {
+        return Err(config_error("drift.webhook_url", format!("`{url}`: expected an http:// or https:// URL")));
+    }
+    let period_seconds = args.drift_period_seconds.or(file.drift.period_seconds);
+    if period_seconds == Some(0) {
+        return Err(config_error("drift.period_seconds", "must be at least 1"));
+    }
+    let drift = DriftConfig {
+        webhook_url,
+        grace: Duration::from_millis(args.drift_grace_ms.or(file.drift.grace_ms).unwrap_or(2_000)),
+        evaluation_period: period_seconds.map(Duration::from_secs),
+    };
     Ok(PlaneConfig {
+        drift,
         data_dir,
         database_url,
         broker,

@@ -15,7 +15,11 @@ use crate::PlaneCore;
 use crate::api::views::SlotView;
 use crate::deployment::ControllerCommand;
 use crate::mqtt::Inbound;
-use crate::store::{DeviceChange, DeviceVitals, InferenceWindow, ReportedUpdate, ShadowWindowRecord};
+use crate::store::{DeviceChange, DeviceVitals, DriftWindowRecord, InferenceWindow, ReportedUpdate, ShadowWindowRecord};
+use fleetml_shared::drift::profile::Profile;
+use fleetml_shared::drift::window::MergedWindow;
+use fleetml_shared::protocol::DriftWindowReport;
+use std::collections::HashMap;
 
 /// Windows buffered before a forced flush; the flush tick writes smaller batches.
 const MAX_BUFFERED_WINDOWS: usize = 512;
@@ -27,6 +31,51 @@ const STORE_RETRY_DELAY: Duration = Duration::from_millis(100);
 pub struct Ingest {
     pub core: Arc<PlaneCore>,
     pub inbound: mpsc::Receiver<Inbound>,
+    /// Profiles by version, loaded on a version's first window (`None`: it has none).
+    pub profiles: HashMap<(String, i64), Option<Arc<Profile>>>,
+}
+
+impl Ingest {
+    pub fn new(core: Arc<PlaneCore>, inbound: mpsc::Receiver<Inbound>) -> Self {
+        Ingest { core, inbound, profiles: HashMap::new() }
+    }
+
+    /// Checks a device's drift window against its version's profile and stores it once.
+    async fn store_drift_window(&mut self, report: DriftWindowReport) -> Result<(), String> {
+        let key = (report.model.clone(), report.version as i64);
+        if !self.profiles.contains_key(&key) {
+            let profile = match crate::drift::load_profile(&self.core, &report.model, report.version as i64).await {
+                Ok(profile) => Some(Arc::new(profile)),
+                Err(crate::drift::DriftQueryError::NoProfile(..)) => None,
+                Err(error) => return Err(error.to_string()),
+            };
+            self.profiles.insert(key.clone(), profile);
+        }
+        let Some(Some(profile)) = self.profiles.get(&key) else {
+            return Err(format!("{}@{} has no reference profile", report.model, report.version));
+        };
+        // The whole window must fit the profile before it is kept.
+        MergedWindow::new(profile).merge(&report.window).map_err(|error| error.to_string())?;
+        let record = DriftWindowRecord {
+            device_id: report.device_id.clone(),
+            model: report.model.clone(),
+            version: report.version as i64,
+            seq: report.seq as i64,
+            started_ms: report.window.started_at_ms as i64,
+            ended_ms: report.window.ended_at_ms as i64,
+            received_ms: fleetml_shared::now_ms() as i64,
+            samples: report.window.samples as i64,
+            body: postcard::to_stdvec(&report.window).map_err(|error| error.to_string())?,
+        };
+        let inserted = self.core.store.insert_drift_window(&record).await.map_err(|error| error.to_string())?;
+        if !inserted {
+            tracing::debug!(device_id = %report.device_id, seq = report.seq, "drift window already stored (redelivery)");
+        }
+        if report.dropped_before > 0 {
+            tracing::warn!(device_id = %report.device_id, n_dropped = report.dropped_before, "device dropped drift windows (outbox full)");
+        }
+        Ok(())
+    }
 }
 
 impl Ingest {
@@ -65,7 +114,7 @@ impl Ingest {
         tracing::warn!(%device_id, what, %error, "device message refused");
     }
 
-    async fn handle(&self, inbound: Inbound, windows: &mut Vec<InferenceWindow>) {
+    async fn handle(&mut self, inbound: Inbound, windows: &mut Vec<InferenceWindow>) {
         match inbound.kind {
             TopicKind::Reported { device_id } => match protocol::decode::<Reported>(&inbound.payload) {
                 Ok(Reported::Online(state)) if state.device_id == device_id => {
@@ -158,6 +207,11 @@ impl Ingest {
                         if let Err(error) = self.core.store.insert_shadow_window(&window).await {
                             tracing::error!(%device_id, %error, "could not store a shadow report");
                         }
+                    }
+                }
+                Ok(Telemetry::Drift(report)) if report.device_id == device_id => {
+                    if let Err(error) = self.store_drift_window(report).await {
+                        self.refuse(&device_id, "drift window", error);
                     }
                 }
                 Ok(_) => self.refuse(&device_id, "telemetry", "device id in the message differs from the topic"),

@@ -12,6 +12,7 @@ pub mod config;
 pub mod demo;
 pub mod deployment;
 pub mod distributor;
+pub mod drift;
 pub mod ingest;
 pub mod keys;
 pub mod mqtt;
@@ -79,6 +80,8 @@ pub struct PlaneCore {
     pub counters: Arc<PlaneCounters>,
     pub controller: Arc<ControllerQueue>,
     pub coalesce_window: Duration,
+    /// The latest judged drift period per version (for `/metrics`).
+    pub drift_latest: drift::LatestDrift,
     /// Serialises pushes so version numbers are assigned without races.
     push_lock: tokio::sync::Mutex<()>,
 }
@@ -102,7 +105,7 @@ impl PlaneCore {
     /// Registers the next version of `model`: checks it with tract, builds and signs the
     /// bundle, stores it. The CPU work runs off the reactor.
     pub async fn push_model(&self, model: &str, onnx: Vec<u8>, push: PushOptions) -> Result<PushResponse, ApiError> {
-        let PushOptions { description, expires_in_days, latency_budget_ms, source, run_id } = push;
+        let PushOptions { description, expires_in_days, latency_budget_ms, source, run_id, profile } = push;
         let _guard = self.push_lock.lock().await;
         let version = self.store.latest_version(model).await?.unwrap_or(0) + 1;
         let expires_in_days = expires_in_days.unwrap_or(DEFAULT_EXPIRY_DAYS);
@@ -112,6 +115,7 @@ impl PlaneCore {
             expires_in_ms: (expires_in_days > 0).then(|| expires_in_days * 86_400_000),
             latency_budget_ms,
             tolerance: DEFAULT_SELF_TEST_TOLERANCE,
+            profile: profile.clone(),
         };
         let key_pair = self.signer.clone();
         let onnx_len = onnx.len();
@@ -146,6 +150,11 @@ impl PlaneCore {
         };
         self.store.insert_version(&record, Some(&bundle)).await?;
         let now_ms = fleetml_shared::now_ms() as i64;
+        if let Some(profile) = &profile {
+            let profile_sha256 = hex::encode(fleetml_shared::bundle::sha256(profile));
+            self.store.put_profile(&profile_sha256, profile, now_ms).await?;
+            self.store.set_version_profile(model, version, &profile_sha256).await?;
+        }
         self.store.add_version_event(model, version, "registered", &format!("bundle {}", digest.short()), now_ms).await?;
         tracing::info!(%model, version, digest = %digest.short(), "model version registered");
         Ok(PushResponse {
@@ -169,6 +178,8 @@ pub struct PushOptions {
     /// Where the model came from (an artifact URI) and the run that made it, when known.
     pub source: String,
     pub run_id: String,
+    /// A reference profile (JSON) attached to the bundle for drift monitoring.
+    pub profile: Option<Vec<u8>>,
 }
 
 impl PlaneCore {
@@ -270,13 +281,15 @@ pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &Cancella
         counters,
         controller,
         coalesce_window: config.coalesce_window,
+        drift_latest: drift::LatestDrift::default(),
         push_lock: tokio::sync::Mutex::new(()),
     });
     spawn_actor(tracker, "mqtt", link.run(cancel.clone()));
-    spawn_actor(tracker, "ingest", Ingest { core: core.clone(), inbound: ingest_receiver }.run(cancel.clone()));
+    spawn_actor(tracker, "ingest", Ingest::new(core.clone(), ingest_receiver).run(cancel.clone()));
     spawn_actor(tracker, "distributor", Distributor::new(core.clone(), fetch_receiver).run(cancel.clone()));
     spawn_actor(tracker, "deployments", DeploymentController { core: core.clone() }.run(cancel.clone()));
     spawn_actor(tracker, "rollouts", rollout::controller::RolloutController { core: core.clone() }.run(cancel.clone()));
+    spawn_actor(tracker, "drift", drift::DriftMonitor { core: core.clone(), config: config.drift.clone() }.run(cancel.clone()));
     // Devices may have joined or changed while the plane was down.
     core.controller.request(ControllerCommand::ReconcileAll);
     let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding the HTTP API to {}", config.http))?;

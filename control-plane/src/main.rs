@@ -111,6 +111,16 @@ enum Command {
         #[command(subcommand)]
         command: RolloutCommand,
     },
+    /// Reference profiles of training data, for drift monitoring.
+    Profile {
+        #[command(subcommand)]
+        command: ProfileCommand,
+    },
+    /// Drift of a model version's inputs and outputs against its reference profile.
+    Drift {
+        #[command(subcommand)]
+        command: DriftCommand,
+    },
     /// Fleet experiments: A/B splits between versions, and shadow candidates.
     Split {
         #[command(subcommand)]
@@ -150,6 +160,16 @@ enum ModelCommand {
         file: PathBuf,
         #[arg(long, default_value = "")]
         description: String,
+        /// A reference profile (`fleetml profile build`, or examples/make_profile.py) to attach
+        /// to the bundle for drift monitoring.
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// Override the profile's drift window: seconds per window on the devices.
+        #[arg(long)]
+        drift_window_seconds: Option<u64>,
+        /// Override the profile's drift window: samples per window on the devices.
+        #[arg(long)]
+        drift_window_samples: Option<u64>,
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -168,6 +188,79 @@ enum ModelCommand {
         name: String,
         alias: String,
         version: i64,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProfileCommand {
+    /// Build a profile from a CSV of training data (header row; numbers; empty/NA/NaN are nulls).
+    Build {
+        #[arg(long)]
+        csv: PathBuf,
+        /// Columns in the order of the input tensor's elements (default: all but --output ones);
+        /// `NAME:INDEX` pins a column to an element.
+        #[arg(long, value_delimiter = ',')]
+        columns: Option<Vec<String>>,
+        /// Columns holding category codes (vocabulary and exact counts instead of a sketch).
+        #[arg(long, value_delimiter = ',')]
+        categorical: Vec<String>,
+        /// `COLUMN=TENSOR`: a column holding a model output (e.g. `label=label`).
+        #[arg(long = "output")]
+        outputs: Vec<String>,
+        /// The model input the columns map to (default: the model's first input with --model, else `input`).
+        #[arg(long)]
+        input_tensor: Option<String>,
+        /// An ONNX model to take the input name from and check the profile against.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// KLL sketch size.
+        #[arg(long, default_value_t = 200)]
+        k: u16,
+        /// Equal-mass bins per numeric column.
+        #[arg(long, default_value_t = 20)]
+        bins: usize,
+        /// Device window: seconds (a window closes at whichever limit comes first).
+        #[arg(long, default_value_t = 60)]
+        window_seconds: u64,
+        /// Device window: samples.
+        #[arg(long, default_value_t = 5000)]
+        window_samples: u64,
+        /// Consecutive drifted windows before the plane raises a drift event.
+        #[arg(long, default_value_t = 3)]
+        consecutive_windows: u32,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a profile file and summarise it.
+    Inspect { file: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum DriftCommand {
+    /// Per feature and output: the drift metric, its value, the threshold and the decision.
+    Show {
+        reference: String,
+        /// Only devices matching this label selector.
+        #[arg(long)]
+        cohort: Option<String>,
+        /// How far back (`1h`, `30m`, `90s`).
+        #[arg(long, default_value = "1h")]
+        window: String,
+        /// Also judge each step of the window (a time series), e.g. `5m`.
+        #[arg(long)]
+        step: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Drift events raised for a model.
+    Events {
+        name: String,
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -363,6 +456,9 @@ enum BundleCommand {
         /// Days until devices refuse the bundle (0: never).
         #[arg(long, default_value_t = 365)]
         expires_in_days: u64,
+        /// A reference profile to attach for drift monitoring.
+        #[arg(long)]
+        profile: Option<PathBuf>,
     },
     /// Verify signature, expiry, lengths and hashes.
     Verify {
@@ -481,14 +577,17 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Runs { command } => runs_command(command).await?,
         Command::Rollout { command } => return rollout_command(command).await,
         Command::Split { command } => split_command(command).await?,
+        Command::Profile { command } => profile_command(command)?,
+        Command::Drift { command } => return drift_command(command).await,
         Command::Shadow { command } => shadow_command(command).await?,
         Command::Devices { json, client } => {
             let devices = client.client()?.devices().await?;
             if json { cli::print_json(&devices)? } else { cli::print_devices(&devices) }
         }
         Command::Bundle { command } => match command {
-            BundleCommand::Build { onnx, model, version, signing_key, out, expires_in_days } => {
-                let digest = cli::bundle_build(&onnx, &model, version, &signing_key, &out, expires_in_days)?;
+            BundleCommand::Build { onnx, model, version, signing_key, out, expires_in_days, profile } => {
+                let profile = profile.map(|path| read_profile(&path, None, None)).transpose()?;
+                let digest = cli::bundle_build(&onnx, &model, version, &signing_key, &out, expires_in_days, profile)?;
                 println!("wrote {} ({model}@{version}, digest {digest})", out.display());
             }
             BundleCommand::Verify { file, trusted_keys } => match cli::bundle_verify(&file, &trusted_keys) {
@@ -565,6 +664,120 @@ async fn rollout_command(command: RolloutCommand) -> anyhow::Result<ExitCode> {
         "rolled_back" | "aborted" if watch => ExitCode::from(2),
         _ => ExitCode::SUCCESS,
     })
+}
+
+/// Reads a profile file, checks it, and applies window overrides.
+fn read_profile(path: &std::path::Path, window_seconds: Option<u64>, window_samples: Option<u64>) -> anyhow::Result<Vec<u8>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let profile =
+        fleetml_shared::drift::profile::Profile::from_json(&bytes).with_context(|| format!("{} is not a valid profile", path.display()))?;
+    if window_seconds.is_none() && window_samples.is_none() {
+        return Ok(bytes);
+    }
+    let mut document = profile.to_document();
+    if let Some(seconds) = window_seconds {
+        anyhow::ensure!(seconds > 0, "--drift-window-seconds must be at least 1");
+        document.window.seconds = seconds;
+    }
+    if let Some(samples) = window_samples {
+        anyhow::ensure!(samples > 0, "--drift-window-samples must be at least 1");
+        document.window.samples = samples;
+    }
+    let profile = fleetml_shared::drift::profile::Profile::from_document(document)?;
+    Ok(profile.to_json())
+}
+
+fn profile_command(command: ProfileCommand) -> anyhow::Result<()> {
+    match command {
+        ProfileCommand::Build {
+            csv,
+            columns,
+            categorical,
+            outputs,
+            input_tensor,
+            model,
+            k,
+            bins,
+            window_seconds,
+            window_samples,
+            consecutive_windows,
+            out,
+        } => {
+            let specs = match &model {
+                Some(path) => {
+                    let onnx = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                    Some(fleetml_plane::registry::inspect(&onnx)?)
+                }
+                None => None,
+            };
+            let input_tensor = input_tensor
+                .or_else(|| specs.as_ref().and_then(|(inputs, _)| inputs.first().map(|spec| spec.name.clone())))
+                .unwrap_or_else(|| "input".into());
+            let mut options = fleetml_shared::drift::profile::BuildOptions { kll_k: k, n_bins: bins, ..Default::default() };
+            options.window.seconds = window_seconds;
+            options.window.samples = window_samples;
+            options.thresholds.consecutive_windows = consecutive_windows;
+            let profile = cli::profile_build(&cli::ProfileBuildArgs { csv: &csv, columns, categorical, outputs, input_tensor, options })?;
+            if let Some((inputs, outputs)) = &specs {
+                fleetml_plane::registry::check_profile(&profile, inputs, outputs)?;
+            }
+            std::fs::write(&out, profile.to_json()).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} features from {} rows, KLL k={k})", out.display(), profile.features().len(), profile.rows());
+        }
+        ProfileCommand::Inspect { file } => {
+            let bytes = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let profile = fleetml_shared::drift::profile::Profile::from_json(&bytes)
+                .with_context(|| format!("{} is not a valid profile", file.display()))?;
+            println!("{}: {} rows, window {:?}", file.display(), profile.rows(), profile.window());
+            for feature in profile.features() {
+                println!("  {} ({:?} {}, {:?}, metric {:?})", feature.name, feature.side, feature.tensor, feature.reference.kind(), feature.metric);
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn drift_command(command: DriftCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DriftCommand::Show { reference, cohort, window, step, json, client } => {
+            let (model, version, alias) = cli::parse_reference(&reference)?;
+            let http = client.client()?;
+            let version = match (version, alias) {
+                (Some(version), _) => version.to_string(),
+                (None, Some(alias)) => alias,
+                (None, None) => anyhow::bail!("give NAME@VERSION or NAME@ALIAS"),
+            };
+            let mut query = vec![("window", window)];
+            if let Some(cohort) = cohort {
+                query.push(("cohort", cohort));
+            }
+            if let Some(step) = step {
+                query.push(("step", step));
+            }
+            let view: serde_json::Value = http.get_query(&format!("/api/v1/models/{model}/versions/{version}/drift"), &query).await?;
+            if json {
+                cli::print_json(&view)?;
+            } else {
+                cli::print_drift(&view);
+            }
+            Ok(if view["dataset_drifted"] == true { ExitCode::from(3) } else { ExitCode::SUCCESS })
+        }
+        DriftCommand::Events { name, json, client } => {
+            let events: serde_json::Value = client.client()?.get(&format!("/api/v1/models/{name}/drift/events")).await?;
+            if json {
+                cli::print_json(&events)?;
+            } else {
+                for event in events.as_array().into_iter().flatten() {
+                    println!(
+                        "{} {}@{} {} {}: value {} threshold {} over {} samples",
+                        event["at_ms"], event["model"], event["version"], event["scope"], event["feature"].as_str().unwrap_or(""),
+                        event["value"], event["threshold"], event["samples"]
+                    );
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
 }
 
 async fn split_command(command: SplitCommand) -> anyhow::Result<()> {
@@ -654,9 +867,16 @@ async fn runs_command(command: RunsCommand) -> anyhow::Result<()> {
 
 async fn model_command(command: ModelCommand) -> anyhow::Result<()> {
     match command {
-        ModelCommand::Push { name, file, description, json, client } => {
+        ModelCommand::Push { name, file, description, profile, drift_window_seconds, drift_window_samples, json, client } => {
             let onnx = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
-            let pushed = client.client()?.push(&name, onnx, &description).await?;
+            let profile = match profile {
+                Some(path) => Some(read_profile(&path, drift_window_seconds, drift_window_samples)?),
+                None if drift_window_seconds.is_some() || drift_window_samples.is_some() => {
+                    anyhow::bail!("--drift-window-* set the window of a profile: give --profile too")
+                }
+                None => None,
+            };
+            let pushed = client.client()?.push_with_profile(&name, onnx, &description, profile).await?;
             if json {
                 cli::print_json(&pushed)?;
             } else {

@@ -5,9 +5,11 @@ use std::collections::HashSet;
 use std::time::Instant;
 
 use fleetml_shared::bundle::{
-    DEFAULT_CHUNK_SIZE, DType, Dim, FileEntry, MANIFEST_FORMAT_VERSION, Manifest, ROLE_MODEL, SelfTest, SignedManifest, TensorData,
-    TensorSpec, TensorValues, chunk_hashes, sha256, write_bundle_file,
+    DEFAULT_CHUNK_SIZE, DType, Dim, FileEntry, MANIFEST_FORMAT_VERSION, Manifest, ROLE_MODEL, ROLE_PROFILE, SelfTest, SignedManifest,
+    TensorData, TensorSpec, TensorValues, chunk_hashes, sha256, write_bundle_file,
 };
+use fleetml_shared::drift::Side;
+use fleetml_shared::drift::profile::{Profile, Reference};
 use fleetml_shared::signing::SigningKeyPair;
 use prost::Message;
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,48 @@ pub enum ModelError {
     SelfTest(String),
     #[error("building the bundle: {0}")]
     Bundle(#[from] fleetml_shared::bundle::BundleError),
+    #[error("the reference profile is refused: {0}")]
+    Profile(String),
+}
+
+/// Checks that every feature of a profile reads a tensor the model has, at a position it has.
+pub fn check_profile(profile: &Profile, inputs: &[TensorSpec], outputs: &[TensorSpec]) -> Result<(), ModelError> {
+    for feature in profile.features() {
+        let tensors = match feature.side {
+            Side::Input => inputs,
+            Side::Output => outputs,
+        };
+        let side = match feature.side {
+            Side::Input => "input",
+            Side::Output => "output",
+        };
+        let Some(spec) = tensors.iter().find(|spec| spec.name == feature.tensor) else {
+            let names: Vec<&str> = tensors.iter().map(|spec| spec.name.as_str()).collect();
+            return Err(ModelError::Profile(format!(
+                "feature `{}` reads {side} `{}`, but the model's {side}s are {names:?}",
+                feature.name, feature.tensor
+            )));
+        };
+        // Elements per row: the product of the fixed dimensions after the batch.
+        let row_len: Option<u64> = spec.shape.iter().skip(1).map(|dim| match dim {
+            Dim::Fixed(size) => Some(*size),
+            Dim::Dynamic => None,
+        }).product();
+        let (position, bound, what) = match &feature.reference {
+            Reference::Numeric(reference) => (reference.index as u64, row_len, "index"),
+            Reference::Categorical(reference) => (reference.index as u64, row_len, "index"),
+            Reference::Channels(reference) => (reference.axis as u64, Some(spec.shape.len() as u64), "axis"),
+        };
+        if let Some(bound) = bound
+            && position >= bound
+        {
+            return Err(ModelError::Profile(format!(
+                "feature `{}` reads {what} {position} of {side} `{}`, which has {bound}",
+                feature.name, feature.tensor
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -69,6 +113,8 @@ pub struct BundleOptions {
     pub expires_in_ms: Option<u64>,
     pub latency_budget_ms: Option<u32>,
     pub tolerance: f32,
+    /// A reference profile (JSON, `drift::profile`) to attach for drift monitoring.
+    pub profile: Option<Vec<u8>>,
 }
 
 pub struct BuiltBundle {
@@ -229,6 +275,25 @@ pub fn build_bundle(onnx: &[u8], options: &BundleOptions, key_pair: &SigningKeyP
     let output_names = outputs.as_ref().map(Vec::clone).unwrap_or_default();
     let (expected_outputs, self_test_ms) = run_self_test(model, &test_inputs, &output_names)?;
     let outputs = outputs?;
+    let profile_bytes = match &options.profile {
+        Some(bytes) => {
+            let profile = Profile::from_json(bytes).map_err(|error| ModelError::Profile(error.to_string()))?;
+            check_profile(&profile, &inputs, &outputs)?;
+            Some(bytes.as_slice())
+        }
+        None => None,
+    };
+    let mut payload = onnx.to_vec();
+    let mut files = vec![FileEntry { role: ROLE_MODEL.into(), name: "model.onnx".into(), length: onnx.len() as u64, sha256: onnx_hash }];
+    if let Some(profile_bytes) = profile_bytes {
+        files.push(FileEntry {
+            role: ROLE_PROFILE.into(),
+            name: "profile.json".into(),
+            length: profile_bytes.len() as u64,
+            sha256: sha256(profile_bytes),
+        });
+        payload.extend_from_slice(profile_bytes);
+    }
     let budget = options.latency_budget_ms.unwrap_or_else(|| MIN_LATENCY_BUDGET_MS.max((self_test_ms * 100.0).ceil() as u32));
     let manifest = Manifest {
         format_version: MANIFEST_FORMAT_VERSION,
@@ -237,9 +302,9 @@ pub fn build_bundle(onnx: &[u8], options: &BundleOptions, key_pair: &SigningKeyP
         created_at_ms: now_ms,
         expires_at_ms: options.expires_in_ms.map(|expires_in| now_ms + expires_in),
         key_id: key_pair.key_id(),
-        files: vec![FileEntry { role: ROLE_MODEL.into(), name: "model.onnx".into(), length: onnx.len() as u64, sha256: onnx_hash }],
+        files,
         chunk_size: DEFAULT_CHUNK_SIZE,
-        chunk_hashes: chunk_hashes(onnx, DEFAULT_CHUNK_SIZE),
+        chunk_hashes: chunk_hashes(&payload, DEFAULT_CHUNK_SIZE),
         inputs: inputs.clone(),
         outputs: outputs.clone(),
         self_test: SelfTest { inputs: test_inputs, expected_outputs, tolerance: options.tolerance, latency_budget_ms: budget },
@@ -252,8 +317,8 @@ pub fn build_bundle(onnx: &[u8], options: &BundleOptions, key_pair: &SigningKeyP
             signed_manifest.body.len()
         )));
     }
-    let mut file_bytes = Vec::with_capacity(onnx.len() + 8192);
-    write_bundle_file(&mut file_bytes, &signed_manifest, onnx)?;
+    let mut file_bytes = Vec::with_capacity(payload.len() + 8192);
+    write_bundle_file(&mut file_bytes, &signed_manifest, &payload)?;
     Ok(BuiltBundle { signed_manifest, manifest, schema: ModelSchema::from_specs(&inputs, &outputs), file_bytes, self_test_ms })
 }
 
@@ -279,6 +344,7 @@ mod tests {
             expires_in_ms: None,
             latency_budget_ms: None,
             tolerance: DEFAULT_SELF_TEST_TOLERANCE,
+            profile: None,
         }
     }
 

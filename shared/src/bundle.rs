@@ -17,6 +17,8 @@ use crate::signing::{KeyId, SignatureDomain, SigningError, SigningKeyPair, Trust
 pub const MANIFEST_FORMAT_VERSION: u16 = 1;
 /// The role of the ONNX model file in `Manifest::files`.
 pub const ROLE_MODEL: &str = "model";
+/// The role of a reference profile attachment (`drift::profile`, JSON).
+pub const ROLE_PROFILE: &str = "profile";
 /// Default payload chunk size: well under every broker's packet limit we configure.
 pub const DEFAULT_CHUNK_SIZE: u32 = 64 * 1024;
 /// Largest chunk size a device accepts, whatever a manifest says.
@@ -207,6 +209,11 @@ impl Manifest {
 
     pub fn model_file_index(&self) -> Option<usize> {
         self.files.iter().position(|file| file.role == ROLE_MODEL)
+    }
+
+    /// The index of the reference profile attachment, if the bundle carries one.
+    pub fn profile_file_index(&self) -> Option<usize> {
+        self.files.iter().position(|file| file.role == ROLE_PROFILE)
     }
 
     /// Structural checks that need no key: sizes within bounds, hashes consistent.

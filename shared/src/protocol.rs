@@ -245,6 +245,22 @@ pub enum Telemetry {
     Heartbeat(Heartbeat),
     /// Sent with a heartbeat when shadow candidates ran since the previous one.
     Shadow(ShadowReport),
+    /// One closed drift window of one model version, QoS 1. Buffered on the device's disk
+    /// while offline; the plane drops a `(device, model, version, seq)` it already has.
+    Drift(DriftWindowReport),
+}
+
+/// A device's drift window for one model version (see `drift::window`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DriftWindowReport {
+    pub device_id: String,
+    pub model: String,
+    pub version: u64,
+    /// Grows by one per window this device closes (across restarts); the plane's dedup key.
+    pub seq: u64,
+    /// Windows this device discarded unsent since the previous report (its outbox was full).
+    pub dropped_before: u64,
+    pub window: crate::drift::window::DriftWindow,
 }
 
 /// What the shadow candidates did since the previous report.

@@ -53,6 +53,11 @@ impl Topics {
         format!("{}/v1/d/{device_id}/telemetry", self.root)
     }
 
+    /// plane → consumers: drift events (JSON, QoS 1, not retained).
+    pub fn drift_events(&self) -> String {
+        format!("{}/v1/events/drift", self.root)
+    }
+
     /// agent → plane: requests for a bundle's chunks.
     pub fn fetch(&self, device_id: &str) -> String {
         format!("{}/v1/d/{device_id}/fetch", self.root)

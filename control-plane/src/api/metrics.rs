@@ -37,10 +37,25 @@ pub struct DriftGauge {
     pub drifted: bool,
 }
 
-/// The drift gauges to export. Empty for now: the drift work fills this in (from the store
-/// or its own actor's state); rendering them is done and tested here.
-pub async fn drift_gauges(_core: &PlaneCore) -> Result<Vec<DriftGauge>, ApiError> {
-    Ok(Vec::new())
+/// The drift gauges to export: per version, the latest window period the drift monitor
+/// judged (`drift::DriftMonitor`), one gauge per feature with its decision metric.
+pub async fn drift_gauges(core: &PlaneCore) -> Result<Vec<DriftGauge>, ApiError> {
+    let mut gauges = Vec::new();
+    for ((model, version), report) in core.drift_latest.all() {
+        for feature in &report.features {
+            let Some(value) = feature.value else { continue };
+            gauges.push(DriftGauge {
+                model: model.clone(),
+                version,
+                feature: feature.name.clone(),
+                metric: serde_json::to_value(feature.metric).ok().and_then(|metric| metric.as_str().map(str::to_string)).unwrap_or_default(),
+                value,
+                threshold: feature.threshold,
+                drifted: feature.drifted,
+            });
+        }
+    }
+    Ok(gauges)
 }
 
 /// Everything one scrape reads, fetched up front so that rendering is pure.

@@ -1,6 +1,7 @@
 //! The plane's HTTP API: native REST under `/api/v1`, Prometheus at `/metrics`.
 //! Every `/api/v1` route but `health` and `signing-key` needs a bearer token.
 
+pub mod drift;
 pub mod error;
 pub mod metrics;
 pub mod mlflow;
@@ -44,6 +45,10 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
         .route("/models/{name}/versions/{version}", get(get_version))
         .route("/models/{name}/versions/{version}/bundle", get(download_bundle))
         .route("/models/{name}/versions/{version}/stats", get(version_stats))
+        .route("/models/{name}/versions/{version}/profile", get(drift::version_profile))
+        .route("/models/{name}/versions/{version}/drift", get(drift::version_drift))
+        .route("/models/{name}/drift/events", get(drift::drift_events))
+        .route("/profiles", post(drift::upload_profile).layer(DefaultBodyLimit::max(MAX_MODEL_BYTES)))
         .route("/models/{name}/aliases/{alias}", put(set_alias))
         .route("/deployments", post(deploy).get(list_deployments))
         .route("/devices", get(list_devices))
@@ -131,6 +136,8 @@ struct PushQuery {
     /// Days until devices refuse the bundle (default 365; 0: never).
     expires_in_days: Option<u64>,
     latency_budget_ms: Option<u32>,
+    /// The SHA-256 of a profile uploaded to `/api/v1/profiles`, attached to the bundle.
+    profile: Option<String>,
 }
 
 async fn push_version(
@@ -143,7 +150,17 @@ async fn push_version(
     if body.is_empty() {
         return Err(ApiError::BadRequest("the request body must be the ONNX file".into()));
     }
+    let profile = match &query.profile {
+        Some(sha256) => Some(
+            core.store
+                .get_profile(sha256)
+                .await?
+                .ok_or_else(|| ApiError::NotFound(format!("no profile {sha256}: upload it to /api/v1/profiles first")))?,
+        ),
+        None => None,
+    };
     let push = crate::PushOptions {
+        profile,
         description: query.description.unwrap_or_default(),
         expires_in_days: query.expires_in_days,
         latency_budget_ms: query.latency_budget_ms,

@@ -49,6 +49,7 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
         signing_key: None,
         admin_token: None,
         coalesce_window: Duration::from_millis(50),
+        drift: crate::config::DriftConfig::default(),
         announce_token: false,
     };
     let plane = crate::start(plane_config, &tracker, &cancel).await?;

@@ -2,6 +2,7 @@
 //! SQL text, each with its own migrations folder. Rows are converted to the domain types
 //! below at this boundary; nothing above it sees SQL types.
 
+mod drift_sql;
 mod rollout_sql;
 mod sql;
 #[cfg(test)]
@@ -216,7 +217,7 @@ pub struct InferenceTotals {
 }
 
 #[async_trait]
-pub trait Store: TrackingStore + RolloutStore + Send + Sync + 'static {
+pub trait Store: TrackingStore + RolloutStore + DriftStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     // devices
@@ -496,4 +497,51 @@ pub struct SplitRecord {
     /// JSON: `[{"version": 1, "weight": 0.5}, ...]`.
     pub variants_json: String,
     pub created_ms: i64,
+}
+
+/// Drift monitoring's records: reference profiles, device windows, drift events.
+#[async_trait]
+pub trait DriftStore: Send + Sync + 'static {
+    /// Stores a profile under its SHA-256 (hex); storing the same one again is a no-op.
+    async fn put_profile(&self, sha256: &str, body: &[u8], at_ms: i64) -> StoreResult<()>;
+    async fn get_profile(&self, sha256: &str) -> StoreResult<Option<Vec<u8>>>;
+    async fn set_version_profile(&self, model: &str, version: i64, sha256: &str) -> StoreResult<()>;
+    /// The profile a version's bundle carries: its SHA-256 and JSON.
+    async fn version_profile(&self, model: &str, version: i64) -> StoreResult<Option<(String, Vec<u8>)>>;
+    async fn versions_with_profiles(&self) -> StoreResult<Vec<(String, i64)>>;
+    /// Stores a device window; `false` when this device already sent this sequence number.
+    async fn insert_drift_window(&self, window: &DriftWindowRecord) -> StoreResult<bool>;
+    /// Windows of a version that ended in `[since_ms, until_ms)`.
+    async fn drift_windows(&self, model: &str, version: i64, since_ms: i64, until_ms: i64) -> StoreResult<Vec<DriftWindowRecord>>;
+    async fn insert_drift_event(&self, event: &DriftEventRecord) -> StoreResult<i64>;
+    async fn drift_events(&self, model: &str, version: Option<i64>) -> StoreResult<Vec<DriftEventRecord>>;
+}
+
+/// One device's drift window as received.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DriftWindowRecord {
+    pub device_id: String,
+    pub model: String,
+    pub version: i64,
+    pub seq: i64,
+    pub started_ms: i64,
+    pub ended_ms: i64,
+    pub received_ms: i64,
+    pub samples: i64,
+    /// postcard of `drift::window::DriftWindow`.
+    pub body: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct DriftEventRecord {
+    pub id: i64,
+    pub model: String,
+    pub version: i64,
+    pub at_ms: i64,
+    pub window_start_ms: i64,
+    pub window_end_ms: i64,
+    /// `dataset` or `feature:NAME`.
+    pub scope: String,
+    /// JSON: the event as published.
+    pub detail: String,
 }

@@ -42,6 +42,7 @@ async fn test_core(data_dir: &Path) -> Arc<PlaneCore> {
         counters,
         controller,
         coalesce_window: Duration::from_millis(10),
+        drift_latest: crate::drift::LatestDrift::default(),
         push_lock: tokio::sync::Mutex::new(()),
     })
 }
