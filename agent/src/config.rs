@@ -35,6 +35,12 @@ pub struct LinkConfig {
 #[derive(Clone, Debug)]
 pub struct TelemetryConfig {
     pub heartbeat_interval: Duration,
+    /// Overrides the profile's drift window length.
+    pub drift_window: Option<Duration>,
+    /// Overrides the profile's drift window size in samples.
+    pub drift_window_samples: Option<u64>,
+    /// Closed drift windows kept on disk while offline; beyond it the oldest are dropped.
+    pub drift_outbox_windows: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -129,6 +135,15 @@ pub struct CommonArgs {
     /// Seconds between heartbeats.
     #[arg(long, env = "FLEETML_AGENT_HEARTBEAT_SECONDS")]
     pub heartbeat_seconds: Option<f64>,
+    /// Drift windows close after this many seconds (default: the model's profile says).
+    #[arg(long, env = "FLEETML_AGENT_DRIFT_WINDOW_SECONDS")]
+    pub drift_window_seconds: Option<f64>,
+    /// Drift windows close after this many samples (default: the model's profile says).
+    #[arg(long, env = "FLEETML_AGENT_DRIFT_WINDOW_SAMPLES")]
+    pub drift_window_samples: Option<u64>,
+    /// Closed drift windows kept on disk while offline (default 10000); the oldest go first.
+    #[arg(long, env = "FLEETML_AGENT_DRIFT_OUTBOX_WINDOWS")]
+    pub drift_outbox_windows: Option<usize>,
     /// Seconds without progress before a transfer is re-requested.
     #[arg(long, env = "FLEETML_AGENT_TRANSFER_STALL_SECONDS")]
     pub transfer_stall_seconds: Option<f64>,
@@ -154,6 +169,9 @@ pub struct FileConfig {
     pub labels: BTreeMap<String, String>,
     pub http: Option<SocketAddr>,
     pub heartbeat_seconds: Option<f64>,
+    pub drift_window_seconds: Option<f64>,
+    pub drift_window_samples: Option<u64>,
+    pub drift_outbox_windows: Option<usize>,
     pub transfer_stall_seconds: Option<f64>,
     pub inference_threads: Option<usize>,
     #[serde(default)]
@@ -210,6 +228,18 @@ pub fn resolve(args: &CommonArgs, file: &FileConfig, default_http: SocketAddr) -
         Ok(Duration::from_secs_f64(value))
     };
     let heartbeat_interval = seconds("heartbeat_seconds", args.heartbeat_seconds.or(file.heartbeat_seconds), 10.0)?;
+    let drift_window = match args.drift_window_seconds.or(file.drift_window_seconds) {
+        Some(value) => Some(seconds("drift_window_seconds", Some(value), 60.0)?),
+        None => None,
+    };
+    let drift_window_samples = args.drift_window_samples.or(file.drift_window_samples);
+    if drift_window_samples == Some(0) {
+        return Err(config_error("drift_window_samples", "must be at least 1"));
+    }
+    let drift_outbox_windows = args.drift_outbox_windows.or(file.drift_outbox_windows).unwrap_or(10_000);
+    if drift_outbox_windows == 0 {
+        return Err(config_error("drift_outbox_windows", "must be at least 1"));
+    }
     let stall_timeout = seconds("transfer_stall_seconds", args.transfer_stall_seconds.or(file.transfer_stall_seconds), 10.0)?;
     let inference_threads = args
         .inference_threads
@@ -225,7 +255,7 @@ pub fn resolve(args: &CommonArgs, file: &FileConfig, default_http: SocketAddr) -
         state_dir,
         trusted_keys: TrustedKeys::new(keys),
         link: LinkConfig { broker, topic_root, keep_alive: Duration::from_secs(15) },
-        telemetry: TelemetryConfig { heartbeat_interval },
+        telemetry: TelemetryConfig { heartbeat_interval, drift_window, drift_window_samples, drift_outbox_windows },
         transfer: TransferConfig { stall_timeout, max_backoff: Duration::from_secs(60) },
         http: args.http.or(file.http).unwrap_or(default_http),
         inference_threads,

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use fleetml_shared::histogram::Histogram;
 use fleetml_shared::protocol::{ModelFigures, ShadowFigures};
 
+use crate::drift::{DriftSink, DriftTap};
 use crate::inference::LoadedModel;
+use fleetml_shared::drift::profile::Profile;
 
 #[derive(Default)]
 struct WindowFigures {
@@ -47,6 +49,10 @@ pub struct ModelHost {
     shadows: RwLock<HashMap<String, Arc<LoadedModel>>>,
     figures: Mutex<HashMap<(String, u64), WindowFigures>>,
     shadow_figures: Mutex<HashMap<(String, u64, u64), ShadowWindow>>,
+    /// Where drift windows go; `None` until the device's outbox runs.
+    drift_sink: Mutex<Option<DriftSink>>,
+    /// Drift taps by model name, for the active version when it carries a profile.
+    drift_taps: RwLock<HashMap<String, Arc<DriftTap>>>,
     ready: AtomicBool,
     /// Messages refused (undecodable, unverifiable, replayed) since start.
     pub refused_messages: AtomicU64,
@@ -60,6 +66,8 @@ impl ModelHost {
             shadows: RwLock::new(HashMap::new()),
             figures: Mutex::new(HashMap::new()),
             shadow_figures: Mutex::new(HashMap::new()),
+            drift_sink: Mutex::new(None),
+            drift_taps: RwLock::new(HashMap::new()),
             ready: AtomicBool::new(false),
             refused_messages: AtomicU64::new(0),
         }
@@ -75,6 +83,48 @@ impl ModelHost {
 
     pub fn remove(&self, model: &str) -> Option<Arc<LoadedModel>> {
         self.models.write().ok()?.remove(model)
+    }
+
+    pub fn enable_drift(&self, sink: DriftSink) {
+        if let Ok(mut drift_sink) = self.drift_sink.lock() {
+            *drift_sink = Some(sink);
+        }
+    }
+
+    /// Sets the profile of `model`'s active `version` (or none): the old tap's window closes.
+    pub fn set_drift_profile(&self, model: &str, version: u64, profile: Option<&Profile>) {
+        let sink = self.drift_sink.lock().ok().and_then(|sink| sink.clone());
+        let tap = match (profile, sink) {
+            (Some(profile), Some(sink)) => Some(Arc::new(DriftTap::new(profile, model, version, sink))),
+            _ => None,
+        };
+        let Ok(mut taps) = self.drift_taps.write() else { return };
+        let previous = match tap {
+            Some(tap) => taps.insert(model.to_string(), tap),
+            None => taps.remove(model),
+        };
+        drop(taps);
+        if let Some(previous) = previous {
+            previous.close_now(fleetml_shared::now_ms());
+        }
+    }
+
+    pub fn drift_tap(&self, model: &str) -> Option<Arc<DriftTap>> {
+        self.drift_taps.read().ok()?.get(model).cloned()
+    }
+
+    pub fn close_due_drift_windows(&self, now_ms: u64) {
+        let taps: Vec<Arc<DriftTap>> = self.drift_taps.read().map(|taps| taps.values().cloned().collect()).unwrap_or_default();
+        for tap in taps {
+            tap.close_if_due(now_ms);
+        }
+    }
+
+    pub fn close_all_drift_windows(&self, now_ms: u64) {
+        let taps: Vec<Arc<DriftTap>> = self.drift_taps.read().map(|taps| taps.values().cloned().collect()).unwrap_or_default();
+        for tap in taps {
+            tap.close_now(now_ms);
+        }
     }
 
     pub fn shadow(&self, model: &str) -> Option<Arc<LoadedModel>> {

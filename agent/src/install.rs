@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use fleetml_shared::bundle::{BundleError, VerifiedManifest, check_payload, sha256};
+use fleetml_shared::drift::profile::Profile;
 use fleetml_shared::protocol::FailureKind;
 use fleetml_shared::topics::is_valid_name;
 
@@ -62,6 +63,8 @@ pub enum PayloadSource {
 pub struct Installed {
     pub model: Arc<LoadedModel>,
     pub self_test_ms: f32,
+    /// The reference profile the bundle carries, for drift monitoring.
+    pub profile: Option<Arc<Profile>>,
 }
 
 fn file_name(name: &str, file_idx: usize) -> String {
@@ -97,7 +100,18 @@ pub fn install(
     }
     let model_idx = manifest.model_file_index().ok_or_else(|| InstallFailure::new(FailureKind::Manifest, "no model file"))?;
     let model_path = bundle_dir.join(file_name(&manifest.files[model_idx].name, model_idx));
-    load_and_test(&model_path, verified, testing)
+    let profile = match manifest.profile_file_index() {
+        Some(profile_idx) => {
+            let path = bundle_dir.join(file_name(&manifest.files[profile_idx].name, profile_idx));
+            let bytes = fs::read(&path).map_err(io_error("reading", &path))?;
+            let profile = Profile::from_json(&bytes)
+                .map_err(|error| InstallFailure::new(FailureKind::Manifest, format!("the reference profile does not load: {error}")))?;
+            Some(Arc::new(profile))
+        }
+        None => None,
+    };
+    let installed = load_and_test(&model_path, verified, testing)?;
+    Ok(Installed { profile, ..installed })
 }
 
 /// Loads an installed bundle's model and runs its self-test.
@@ -111,7 +125,7 @@ pub fn load_and_test(model_path: &Path, verified: &VerifiedManifest, testing: &T
     let self_test_ms = loaded
         .self_test(&manifest.self_test)
         .map_err(|reason| InstallFailure::new(FailureKind::SelfTest, format!("self-test failed: {reason}")))?;
-    Ok(Installed { model: Arc::new(loaded), self_test_ms })
+    Ok(Installed { model: Arc::new(loaded), self_test_ms, profile: None })
 }
 
 /// Writes the files into a staging folder, fsyncs, and renames it into place.

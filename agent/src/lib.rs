@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod drift;
 pub mod host;
 pub mod inference;
 pub mod install;
@@ -76,12 +77,28 @@ pub async fn start_device(
         topics: Topics::new(&config.link.topic_root),
         interval: config.telemetry.heartbeat_interval,
     };
+    let (drift_sender, drift_receiver) = mpsc::channel(drift::CLOSED_WINDOWS_CAPACITY);
+    host.enable_drift(drift::DriftSink {
+        sender: drift_sender,
+        window: config.telemetry.drift_window,
+        window_samples: config.telemetry.drift_window_samples,
+    });
+    let outbox = drift::DriftOutbox {
+        dir: config.state_dir.join("drift-outbox"),
+        device_id: config.device_id.clone(),
+        host: host.clone(),
+        link: link_handle.clone(),
+        topics: Topics::new(&config.link.topic_root),
+        receiver: drift_receiver,
+        max_windows: config.telemetry.drift_outbox_windows,
+    };
     let device_id = config.device_id.clone();
     let mut reconciler = Reconciler::new(config, link_handle, state_dir, host.clone(), event_receiver);
     reconciler.restore().await.with_context(|| format!("restoring the state of device {device_id}"))?;
     spawn_actor(tracker, "link", link.run(cancel.clone()));
     spawn_actor(tracker, "reconciler", reconciler.run(cancel.clone()));
     spawn_actor(tracker, "telemetry", telemetry.run(cancel.clone()));
+    spawn_actor(tracker, "drift_outbox", outbox.run(cancel.clone()));
     Ok(host)
 }
 

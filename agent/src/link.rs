@@ -30,9 +30,15 @@ pub enum LinkEvent {
 pub struct LinkHandle {
     client: AsyncClient,
     subscriptions: Arc<Mutex<BTreeSet<String>>>,
+    connected: tokio::sync::watch::Receiver<bool>,
 }
 
 impl LinkHandle {
+    /// Whether the broker is connected now, and a way to wait for changes.
+    pub fn connection(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.connected.clone()
+    }
+
     pub async fn publish(&self, topic: String, retain: bool, payload: Vec<u8>) {
         if let Err(error) = self.client.publish(topic, QoS::AtLeastOnce, retain, payload).await {
             tracing::warn!(%error, "publish not queued");
@@ -66,6 +72,7 @@ pub struct Link {
     eventloop: EventLoop,
     handle: LinkHandle,
     events: mpsc::Sender<LinkEvent>,
+    connected: tokio::sync::watch::Sender<bool>,
 }
 
 impl Link {
@@ -80,8 +87,9 @@ impl Link {
         let will = protocol::encode(&Reported::Offline { device_id: device_id.to_string() });
         options.set_last_will(LastWill::new(topics.reported(device_id), will, QoS::AtLeastOnce, true));
         let (client, eventloop) = AsyncClient::new(options, REQUEST_CAPACITY);
-        let handle = LinkHandle { client, subscriptions: Arc::new(Mutex::new(BTreeSet::new())) };
-        let link = Link { device_id: device_id.to_string(), topics, eventloop, handle: handle.clone(), events };
+        let (connected, connection) = tokio::sync::watch::channel(false);
+        let handle = LinkHandle { client, subscriptions: Arc::new(Mutex::new(BTreeSet::new())), connected: connection };
+        let link = Link { device_id: device_id.to_string(), topics, eventloop, handle: handle.clone(), events, connected };
         (link, handle)
     }
 
@@ -97,6 +105,7 @@ impl Link {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         backoff = Duration::from_millis(100);
                         connected = true;
+                        self.connected.send_replace(true);
                         tracing::info!("connected to broker");
                         // Off this task: the request queue may be full, and only this task drains it.
                         let handle = self.handle.clone();
@@ -126,6 +135,7 @@ impl Link {
                         if connected {
                             tracing::warn!(%error, "lost the broker; reconnecting");
                             connected = false;
+                            self.connected.send_replace(false);
                             let _ = self.events.send(LinkEvent::Disconnected).await;
                         } else {
                             tracing::debug!(%error, ?backoff, "broker not reachable; retrying");

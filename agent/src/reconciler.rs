@@ -119,7 +119,7 @@ impl Reconciler {
                 match self.load_installed(installed.digest).await {
                     Ok(loaded) => {
                         tracing::info!(%model, version = installed.version, "restored active model");
-                        serve(&self.host, &model, loaded.model);
+                        serve(&self.host, &model, &loaded);
                         slot.active = Some(installed);
                         slot.previous = if candidate_idx == 0 {
                             persisted_slot.previous.as_ref().and_then(PersistedBundle::to_installed)
@@ -262,7 +262,10 @@ impl Reconciler {
                 }
                 slot.phase = SlotPhase::Idle;
                 match protocol::split_slot(&desired.model) {
-                    (model, SlotRole::Active) => self.host.remove(model),
+                    (model, SlotRole::Active) => {
+                        self.host.set_drift_profile(model, 0, None);
+                        self.host.remove(model)
+                    }
                     (model, SlotRole::Shadow) => self.host.remove_shadow(model),
                 };
                 self.persist();
@@ -476,7 +479,7 @@ impl Reconciler {
         let version = target.verified.manifest.version;
         match done.result {
             Ok(installed) => {
-                serve(&self.host, &done.model, installed.model);
+                serve(&self.host, &done.model, &installed);
                 let new_active = InstalledBundle { version, digest: done.digest };
                 if let Some(old) = slot.active.replace(new_active) {
                     slot.previous = Some(old);
@@ -583,10 +586,17 @@ impl Reconciler {
     }
 }
 
-/// Puts a loaded model in service in its slot's role: answering, or shadowing.
-fn serve(host: &ModelHost, slot_key: &str, loaded: Arc<crate::inference::LoadedModel>) {
+/// Puts a loaded model in service in its slot's role: answering (with its drift tap when
+/// the bundle carries a profile), or shadowing.
+fn serve(host: &ModelHost, slot_key: &str, installed: &Installed) {
+    let loaded = installed.model.clone();
     match protocol::split_slot(slot_key).1 {
-        SlotRole::Active => host.swap(loaded),
-        SlotRole::Shadow => host.swap_shadow(loaded),
-    };
+        SlotRole::Active => {
+            host.set_drift_profile(&loaded.model, loaded.version, installed.profile.as_deref());
+            host.swap(loaded);
+        }
+        SlotRole::Shadow => {
+            host.swap_shadow(loaded);
+        }
+    }
 }

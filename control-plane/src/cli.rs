@@ -519,9 +519,13 @@ pub fn profile_build(args: &ProfileBuildArgs<'_>) -> anyhow::Result<fleetml_shar
         .trim(csv::Trim::All)
         .from_path(args.csv)
         .with_context(|| format!("reading {}", args.csv.display()))?;
-    let headers: Vec<String> = reader.headers().with_context(|| format!("reading the header of {}", args.csv.display()))?.iter().map(str::to_string).collect();
+    let headers: Vec<String> =
+        reader.headers().with_context(|| format!("reading the header of {}", args.csv.display()))?.iter().map(str::to_string).collect();
     let column_idx = |name: &str| -> anyhow::Result<usize> {
-        headers.iter().position(|header| header == name).with_context(|| format!("no column `{name}` in the CSV (columns: {})", headers.join(", ")))
+        headers
+            .iter()
+            .position(|header| header == name)
+            .with_context(|| format!("no column `{name}` in the CSV (columns: {})", headers.join(", ")))
     };
     let mut outputs: Vec<(usize, String, String)> = Vec::new();
     for output in &args.outputs {
@@ -534,7 +538,9 @@ pub fn profile_build(args: &ProfileBuildArgs<'_>) -> anyhow::Result<fleetml_shar
             .enumerate()
             .map(|(position, column)| {
                 let (name, index) = match column.split_once(':') {
-                    Some((name, index)) => (name, index.parse::<u32>().with_context(|| format!("--columns `{column}`: INDEX is not a number"))?),
+                    Some((name, index)) => {
+                        (name, index.parse::<u32>().with_context(|| format!("--columns `{column}`: INDEX is not a number"))?)
+                    }
                     None => (column.as_str(), position as u32),
                 };
                 Ok((column_idx(name)?, name.to_string(), index))
@@ -555,7 +561,8 @@ pub fn profile_build(args: &ProfileBuildArgs<'_>) -> anyhow::Result<fleetml_shar
         );
     }
     let mut values: Vec<Vec<f64>> = vec![Vec::new(); selected.len() + outputs.len()];
-    let csv_indices: Vec<usize> = selected.iter().map(|(csv_idx, _, _)| *csv_idx).chain(outputs.iter().map(|(csv_idx, _, _)| *csv_idx)).collect();
+    let csv_indices: Vec<usize> =
+        selected.iter().map(|(csv_idx, _, _)| *csv_idx).chain(outputs.iter().map(|(csv_idx, _, _)| *csv_idx)).collect();
     for (row_idx, record) in reader.records().enumerate() {
         let record = record.with_context(|| format!("CSV row {}", row_idx + 2))?;
         for (column_values, csv_idx) in values.iter_mut().zip(&csv_indices) {
@@ -564,7 +571,9 @@ pub fn profile_build(args: &ProfileBuildArgs<'_>) -> anyhow::Result<fleetml_shar
             let value = if field.is_empty() || field.eq_ignore_ascii_case("na") || field.eq_ignore_ascii_case("nan") {
                 f64::NAN
             } else {
-                field.parse::<f64>().with_context(|| format!("CSV row {}, column `{}`: `{field}` is not a number", row_idx + 2, headers[*csv_idx]))?
+                field
+                    .parse::<f64>()
+                    .with_context(|| format!("CSV row {}, column `{}`: `{field}` is not a number", row_idx + 2, headers[*csv_idx]))?
             };
             column_values.push(value);
         }
@@ -579,11 +588,21 @@ pub fn profile_build(args: &ProfileBuildArgs<'_>) -> anyhow::Result<fleetml_shar
     };
     let mut specs: Vec<ColumnSpec> = selected
         .iter()
-        .map(|(_, name, index)| ColumnSpec { name: name.clone(), side: Side::Input, tensor: args.input_tensor.clone(), kind: kind(name, *index), metric: None })
+        .map(|(_, name, index)| ColumnSpec {
+            name: name.clone(),
+            side: Side::Input,
+            tensor: args.input_tensor.clone(),
+            kind: kind(name, *index),
+            metric: None,
+        })
         .collect();
-    specs.extend(
-        outputs.iter().map(|(_, name, tensor)| ColumnSpec { name: name.clone(), side: Side::Output, tensor: tensor.clone(), kind: kind(name, 0), metric: None }),
-    );
+    specs.extend(outputs.iter().map(|(_, name, tensor)| ColumnSpec {
+        name: name.clone(),
+        side: Side::Output,
+        tensor: tensor.clone(),
+        kind: kind(name, 0),
+        metric: None,
+    }));
     let data: Vec<&[f64]> = values.iter().map(Vec::as_slice).collect();
     Ok(Profile::build(&specs, &data, &args.options)?)
 }

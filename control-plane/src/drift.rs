@@ -315,7 +315,12 @@ impl DriftMonitor {
                     }
                 }
                 let Some(profile) = profiles.get(&key) else { continue };
-                let period_ms = self.config.evaluation_period.map(|period| period.as_millis() as i64).unwrap_or(profile.window().seconds as i64 * 1000).max(1);
+                let period_ms = self
+                    .config
+                    .evaluation_period
+                    .map(|period| period.as_millis() as i64)
+                    .unwrap_or(profile.window().seconds as i64 * 1000)
+                    .max(1);
                 let now_ms = fleetml_shared::now_ms() as i64 - self.config.grace.as_millis() as i64;
                 let closed_until = now_ms.div_euclid(period_ms) * period_ms;
                 let state = streaks.entry(key.clone()).or_insert_with(|| Streaks { judged_until_ms: closed_until, ..Streaks::default() });
@@ -432,8 +437,13 @@ impl DriftMonitor {
 /// POSTs an event, retrying twice with backoff on failure.
 async fn deliver(http: &reqwest::Client, url: &str, payload: Vec<u8>) {
     for attempt in 0..3u32 {
-        let result =
-            http.post(url).header(reqwest::header::CONTENT_TYPE, "application/json").body(payload.clone()).send().await.and_then(|response| response.error_for_status());
+        let result = http
+            .post(url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(payload.clone())
+            .send()
+            .await
+            .and_then(|response| response.error_for_status());
         match result {
             Ok(_) => return,
             Err(error) => {

@@ -730,7 +730,14 @@ fn profile_command(command: ProfileCommand) -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not a valid profile", file.display()))?;
             println!("{}: {} rows, window {:?}", file.display(), profile.rows(), profile.window());
             for feature in profile.features() {
-                println!("  {} ({:?} {}, {:?}, metric {:?})", feature.name, feature.side, feature.tensor, feature.reference.kind(), feature.metric);
+                println!(
+                    "  {} ({:?} {}, {:?}, metric {:?})",
+                    feature.name,
+                    feature.side,
+                    feature.tensor,
+                    feature.reference.kind(),
+                    feature.metric
+                );
             }
         }
     }
@@ -770,8 +777,14 @@ async fn drift_command(command: DriftCommand) -> anyhow::Result<ExitCode> {
                 for event in events.as_array().into_iter().flatten() {
                     println!(
                         "{} {}@{} {} {}: value {} threshold {} over {} samples",
-                        event["at_ms"], event["model"], event["version"], event["scope"], event["feature"].as_str().unwrap_or(""),
-                        event["value"], event["threshold"], event["samples"]
+                        event["at_ms"],
+                        event["model"],
+                        event["version"],
+                        event["scope"],
+                        event["feature"].as_str().unwrap_or(""),
+                        event["value"],
+                        event["threshold"],
+                        event["samples"]
                     );
                 }
             }

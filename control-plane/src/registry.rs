@@ -59,10 +59,15 @@ pub fn check_profile(profile: &Profile, inputs: &[TensorSpec], outputs: &[Tensor
             )));
         };
         // Elements per row: the product of the fixed dimensions after the batch.
-        let row_len: Option<u64> = spec.shape.iter().skip(1).map(|dim| match dim {
-            Dim::Fixed(size) => Some(*size),
-            Dim::Dynamic => None,
-        }).product();
+        let row_len: Option<u64> = spec
+            .shape
+            .iter()
+            .skip(1)
+            .map(|dim| match dim {
+                Dim::Fixed(size) => Some(*size),
+                Dim::Dynamic => None,
+            })
+            .product();
         let (position, bound, what) = match &feature.reference {
             Reference::Numeric(reference) => (reference.index as u64, row_len, "index"),
             Reference::Categorical(reference) => (reference.index as u64, row_len, "index"),

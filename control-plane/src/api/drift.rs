@@ -88,7 +88,8 @@ pub async fn version_drift(
     // A version number or an alias.
     let version = core.resolve_reference(&name, &reference).await?;
     let window = query.window.unwrap_or_else(|| "1h".into());
-    let window_ms = parse_duration_ms(&window).ok_or_else(|| ApiError::BadRequest(format!("window `{window}`: expected e.g. 1h, 30m, 90s")))?;
+    let window_ms =
+        parse_duration_ms(&window).ok_or_else(|| ApiError::BadRequest(format!("window `{window}`: expected e.g. 1h, 30m, 90s")))?;
     let step_ms = match &query.step {
         Some(step) => Some(parse_duration_ms(step).ok_or_else(|| ApiError::BadRequest(format!("step `{step}`: expected e.g. 5m")))?),
         None => None,

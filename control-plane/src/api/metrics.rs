@@ -48,7 +48,10 @@ pub async fn drift_gauges(core: &PlaneCore) -> Result<Vec<DriftGauge>, ApiError>
                 model: model.clone(),
                 version,
                 feature: feature.name.clone(),
-                metric: serde_json::to_value(feature.metric).ok().and_then(|metric| metric.as_str().map(str::to_string)).unwrap_or_default(),
+                metric: serde_json::to_value(feature.metric)
+                    .ok()
+                    .and_then(|metric| metric.as_str().map(str::to_string))
+                    .unwrap_or_default(),
                 value,
                 threshold: feature.threshold,
                 drifted: feature.drifted,

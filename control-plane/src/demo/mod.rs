@@ -68,7 +68,12 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
         state_dir: data_dir.join("devices"),
         trusted_keys: TrustedKeys::new(vec![public_key]),
         link: LinkConfig { broker, topic_root: "fleetml".into(), keep_alive: Duration::from_secs(15) },
-        telemetry: TelemetryConfig { heartbeat_interval: Duration::from_secs(1) },
+        telemetry: TelemetryConfig {
+            heartbeat_interval: Duration::from_secs(1),
+            drift_window: None,
+            drift_window_samples: None,
+            drift_outbox_windows: 10_000,
+        },
         transfer: TransferConfig { stall_timeout: Duration::from_secs(5), max_backoff: Duration::from_secs(30) },
         http: SocketAddr::from(([127, 0, 0, 1], 0)),
         inference_threads: 2,

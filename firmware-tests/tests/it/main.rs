@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod demo;
+mod drift;
 mod experiments;
 mod mlflow;
 mod models;

@@ -1,0 +1,245 @@
+//! Drift monitoring with the real binaries: devices summarise their traffic into windows
+//! against the reference profile their bundle carries, the plane merges and judges them,
+//! and drift that lasts raises an event on MQTT and at a webhook; windows closed while a
+//! device is offline arrive later, none lost and none counted twice.
+
+use std::sync::{Arc, Mutex};
+
+use fleetml_firmware_tests::{Agent, AgentOptions, MqttProbe, Plane, PlaneOptions, PrivateMosquitto, Sim, TIMEOUT, test_dir, wait_for};
+use fleetml_plane::demo::classifier::{Classifier, dataset};
+use fleetml_shared::drift::Side;
+use fleetml_shared::drift::profile::{BuildOptions, ColumnKind, ColumnSpec, Profile};
+use serde_json::{Value, json};
+
+/// The demo classifier and a profile of its training data: four numeric inputs and the
+/// predicted class; windows of one second, two drifted windows before an event.
+fn model_and_profile() -> (Vec<u8>, Vec<u8>, Vec<[f32; 4]>) {
+    let (features, labels) = dataset(3000, 11);
+    let model = Classifier::train(&features, &labels, 0, 60, 0.5, 5);
+    let mut columns: Vec<ColumnSpec> = (0..4)
+        .map(|index| ColumnSpec {
+            name: format!("f{index}"),
+            side: Side::Input,
+            tensor: "features".into(),
+            kind: ColumnKind::Numeric { index },
+            metric: None,
+        })
+        .collect();
+    columns.push(ColumnSpec {
+        name: "label".into(),
+        side: Side::Output,
+        tensor: "label".into(),
+        kind: ColumnKind::Categorical { index: 0, labels: None },
+        metric: None,
+    });
+    let predicted: Vec<f64> = features
+        .iter()
+        .map(|row| {
+            let probabilities = model.predict_proba(row);
+            (0..probabilities.len()).max_by(|&left, &right| probabilities[left].total_cmp(&probabilities[right])).unwrap_or(0) as f64
+        })
+        .collect();
+    let mut data: Vec<Vec<f64>> = (0..4).map(|index| features.iter().map(|row| row[index] as f64).collect()).collect();
+    data.push(predicted);
+    let data_refs: Vec<&[f64]> = data.iter().map(Vec::as_slice).collect();
+    let mut options = BuildOptions::default();
+    options.window.seconds = 1;
+    options.window.samples = 100_000;
+    options.thresholds.consecutive_windows = 2;
+    let profile = Profile::build(&columns, &data_refs, &options).unwrap();
+    (model.to_onnx("drift"), profile.to_json(), features)
+}
+
+async fn push_with_profile(plane: &Plane, onnx: Vec<u8>, profile: Vec<u8>) -> i64 {
+    let uploaded: Value = plane
+        .http
+        .post(format!("{}/api/v1/profiles", plane.api))
+        .bearer_auth(&plane.token)
+        .body(profile)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let sha256 = uploaded["sha256"].as_str().unwrap_or_else(|| panic!("{uploaded}")).to_string();
+    let pushed: Value = plane
+        .http
+        .post(format!("{}/api/v1/models/classifier/versions?profile={sha256}", plane.api))
+        .bearer_auth(&plane.token)
+        .body(onnx)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    pushed["version"].as_i64().unwrap_or_else(|| panic!("{pushed}"))
+}
+
+fn rows_request(rows: &[[f32; 4]]) -> Value {
+    json!({ "inputs": [{ "name": "features", "datatype": "FP32", "shape": [rows.len(), 4], "data": rows.concat() }] })
+}
+
+/// Collects what the webhook receives.
+async fn webhook() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null));
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, received)
+}
+
+async fn drift_view(plane: &Plane, version: i64, window: &str) -> Value {
+    plane.get(&format!("/api/v1/models/classifier/versions/{version}/drift?window={window}")).await.1
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drifting_inputs_raise_a_drift_event_on_mqtt_and_at_the_webhook() {
+    let dir = test_dir();
+    let (hook_url, received) = webhook().await;
+    let options = PlaneOptions {
+        extra_args: vec!["--drift-webhook".into(), hook_url, "--drift-grace-ms".into(), "300".into()],
+        ..PlaneOptions::default()
+    };
+    let plane = Plane::start(dir.path(), options).await;
+    let mut probe = MqttProbe::connect(&plane.mqtt_url).await;
+    let events_topic = format!("{}/v1/events/drift", plane.topic_root);
+    probe.subscribe(&events_topic).await;
+    let sim = Sim::start(&plane, 3, "dr-", &["--label", "fleet=dr"]).await;
+    plane.wait_online(3).await;
+    let (onnx, profile, features) = model_and_profile();
+    let version = push_with_profile(&plane, onnx, profile).await;
+    assert_eq!(plane.get(&format!("/api/v1/models/classifier/versions/{version}/profile")).await.0, 200);
+    plane.deploy("classifier", version, ("selector", "fleet=dr")).await;
+    plane.wait_all_active(&sim.device_ids, "classifier", version, TIMEOUT).await;
+
+    let client = reqwest::Client::new();
+    let send = |rows: Vec<[f32; 4]>, device_id: String| {
+        let client = client.clone();
+        let url = format!("{}/devices/{device_id}/v2/models/classifier/infer", sim.api);
+        async move {
+            let response = client.post(url).json(&rows_request(&rows)).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+    };
+    // Traffic like the training data: judged, not drifted.
+    for (chunk_idx, chunk) in features.chunks(50).take(30).enumerate() {
+        send(chunk.to_vec(), sim.device_ids[chunk_idx % 3].clone()).await;
+    }
+    let calm = wait_for("windows of undrifted traffic", TIMEOUT, || async {
+        let view = drift_view(&plane, version, "10m").await;
+        (view["samples"].as_u64() >= Some(1500)).then_some(view)
+    })
+    .await;
+    assert_eq!(calm["dataset_drifted"], false, "{calm}");
+    let f0 = calm["features"].as_array().unwrap().iter().find(|feature| feature["name"] == "f0").unwrap().clone();
+    assert_eq!((f0["metric"].as_str(), f0["drifted"].as_bool()), (Some("wasserstein"), Some(false)), "{f0}");
+    assert!(f0["value"].as_f64().unwrap() < 0.1 && f0["threshold"] == 0.1, "{f0}");
+
+    // Feature 0 moves by two reference standard deviations, on every device, until an event.
+    let shifted: Vec<[f32; 4]> = features.iter().map(|row| [row[0] + 2.0, row[1], row[2], row[3]]).collect();
+    let event = wait_for("a drift event at the webhook", std::time::Duration::from_secs(60), || {
+        let received = received.clone();
+        let shifted = shifted.clone();
+        let send = &send;
+        let device_ids = sim.device_ids.clone();
+        async move {
+            for (chunk_idx, chunk) in shifted.chunks(100).take(6).enumerate() {
+                send(chunk.to_vec(), device_ids[chunk_idx % 3].clone()).await;
+            }
+            received.lock().unwrap().iter().find(|event| event["feature"] == "f0").cloned()
+        }
+    })
+    .await;
+    assert_eq!(
+        (event["model"].as_str(), event["version"].as_i64(), event["scope"].as_str()),
+        (Some("classifier"), Some(version), Some("feature"))
+    );
+    assert_eq!(event["metric"], "wasserstein");
+    assert!(event["value"].as_f64().unwrap() >= 0.1 && event["consecutive_windows"] == 2, "{event}");
+    let published: Value = serde_json::from_slice(&probe.next_on(&events_topic).await).unwrap();
+    assert_eq!(published["event"], "drift", "{published}");
+    let stored = plane.get("/api/v1/models/classifier/drift/events").await.1;
+    assert!(stored.as_array().unwrap().iter().any(|stored| stored["feature"] == "f0"), "{stored}");
+
+    // The CLI's --json object, and the Prometheus gauges.
+    let output = std::process::Command::new(fleetml_firmware_tests::binary("fleetml"))
+        .args(["drift", "show", &format!("classifier@{version}"), "--window", "5s", "--cohort", "fleet=dr", "--json"])
+        .args(["--server", &plane.api, "--token", &plane.token])
+        .output()
+        .unwrap();
+    let shown: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|_| panic!("{}", String::from_utf8_lossy(&output.stderr)));
+    for key in ["model", "version", "cohort", "window", "samples", "features", "share_drifted", "dataset_drifted"] {
+        assert!(shown.get(key).is_some(), "`{key}` missing: {shown}");
+    }
+    let f0 = shown["features"].as_array().unwrap().iter().find(|feature| feature["name"] == "f0").unwrap();
+    assert_eq!(f0["drifted"], true, "{shown}");
+    assert_eq!(shown["cohort"], "fleet=dr");
+    let metrics = plane.http.get(format!("{}/metrics", plane.api)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.lines().any(|line| line.starts_with("fleetml_drift_value{") && line.contains("feature=\"f0\"")), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_closed_while_offline_arrive_later_none_lost_none_counted_twice() {
+    let dir = test_dir();
+    let Some(mut broker) = PrivateMosquitto::start(dir.path()).await else { return };
+    let plane = Plane::start(dir.path(), PlaneOptions { mqtt_url: Some(broker.url()), ..PlaneOptions::default() }).await;
+    let agent = Agent::start(
+        &plane,
+        "drift-offline",
+        AgentOptions { labels: vec![("fleet".into(), "off".into())], extra_args: vec!["--drift-window-seconds".into(), "0.5".into()] },
+    )
+    .await;
+    let (onnx, profile, features) = model_and_profile();
+    let version = push_with_profile(&plane, onnx, profile).await;
+    plane.deploy("classifier", version, ("selector", "fleet=off")).await;
+    plane.wait_active("drift-offline", "classifier", version).await;
+
+    let mut rows_sent = 0u64;
+    for chunk in features.chunks(40).take(10) {
+        assert_eq!(agent.infer("classifier", &rows_request(chunk)).await.0, 200);
+        rows_sent += chunk.len() as u64;
+    }
+    // The broker goes away: the device keeps serving and closing windows, on disk.
+    broker.kill();
+    for chunk in features.chunks(40).skip(10).take(10) {
+        assert_eq!(agent.infer("classifier", &rows_request(chunk)).await.0, 200);
+        rows_sent += chunk.len() as u64;
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    }
+    let outbox = agent.state_dir.join("drift-outbox");
+    wait_for("windows kept on disk while offline", TIMEOUT, || async {
+        let pending =
+            std::fs::read_dir(&outbox).ok()?.flatten().filter(|entry| entry.path().extension().is_some_and(|ext| ext == "win")).count();
+        (pending >= 2).then_some(())
+    })
+    .await;
+    broker.restart().await;
+    let view = wait_for("every row counted once on the plane", TIMEOUT, || async {
+        let view = drift_view(&plane, version, "1h").await;
+        (view["samples"].as_u64() == Some(rows_sent)).then_some(view)
+    })
+    .await;
+    assert!(view["windows"].as_u64().unwrap() >= 3, "windows from before, during and after the outage: {view}");
+    // Redeliveries after the reconnect (every recently sent window goes again) add nothing.
+    wait_for("the outbox to be drained", TIMEOUT, || async {
+        let pending =
+            std::fs::read_dir(&outbox).ok()?.flatten().filter(|entry| entry.path().extension().is_some_and(|ext| ext == "win")).count();
+        (pending == 0).then_some(())
+    })
+    .await;
+    let status = plane.status().await;
+    assert_eq!(drift_view(&plane, version, "1h").await["samples"].as_u64(), Some(rows_sent), "{status}");
+}
