@@ -215,6 +215,23 @@ impl RolloutController {
         let (shadow_agreement, shadow_rows) = self.shadow_agreement(rollout).await?;
         figures.shadow_agreement = shadow_agreement;
         figures.shadow_rows = shadow_rows;
+        // The share of drifted features on the wave's devices since the wave started, when
+        // the version carries a reference profile.
+        if let Ok(profile) = crate::drift::load_profile(&self.core, &rollout.model, rollout.version).await {
+            let slice = crate::drift::DriftSlice {
+                cohort: None,
+                devices: Some(wave_members.iter().map(|member| member.device_id.clone()).collect()),
+                since_ms: rollout.wave_started_ms,
+                until_ms: now_ms() + 1,
+            };
+            let windows = crate::drift::slice_windows(&self.core, &rollout.model, rollout.version, &slice)
+                .await
+                .map_err(|error| StoreError::Corrupt(error.to_string()))?;
+            let (merged, _) = crate::drift::merge(&profile, windows.windows.iter().map(|(_, window)| window));
+            let report = fleetml_shared::drift::metrics::evaluate(&profile, &merged, profile.thresholds());
+            figures.drift_samples = report.samples;
+            figures.drift_score = (report.samples > 0).then_some(report.share_drifted);
+        }
         figures.p95_latency_us = latency.quantile(0.95);
         let previous = wave_members.iter().filter_map(|member| member.from_version).max();
         if let Some(previous) = previous {
