@@ -243,3 +243,159 @@ async fn windows_closed_while_offline_arrive_later_none_lost_none_counted_twice(
     let status = plane.status().await;
     assert_eq!(drift_view(&plane, version, "1h").await["samples"].as_u64(), Some(rows_sent), "{status}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn profiles_are_built_from_csv_checked_against_the_model_and_refused_with_the_reason() {
+    let dir = test_dir();
+    let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
+    let (onnx, _, features) = model_and_profile();
+    let model_path = dir.path().join("model.onnx");
+    std::fs::write(&model_path, &onnx).unwrap();
+    let mut csv = String::from("a,b,c,d,colour\n");
+    for (row_idx, row) in features.iter().take(500).enumerate() {
+        csv.push_str(&format!(
+            "{},{},{},{},{}\n",
+            row[0],
+            row[1],
+            row[2],
+            if row_idx % 50 == 0 { "NA".into() } else { row[3].to_string() },
+            row_idx % 3
+        ));
+    }
+    let csv_path = dir.path().join("train.csv");
+    std::fs::write(&csv_path, csv).unwrap();
+    let fleetml = |args: &[&str]| {
+        std::process::Command::new(fleetml_firmware_tests::binary("fleetml"))
+            .args(args)
+            .args(["--server", &plane.api, "--token", &plane.token])
+            .output()
+            .unwrap()
+    };
+    let offline = |args: &[&str]| std::process::Command::new(fleetml_firmware_tests::binary("fleetml")).args(args).output().unwrap();
+    let profile_path = dir.path().join("ref.profile");
+    // Four columns map in order to the model's `features` input.
+    let built = offline(&[
+        "profile",
+        "build",
+        "--csv",
+        csv_path.to_str().unwrap(),
+        "--columns",
+        "a,b,c,d",
+        "--model",
+        model_path.to_str().unwrap(),
+        "--out",
+        profile_path.to_str().unwrap(),
+    ]);
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    let profile: Value = serde_json::from_slice(&std::fs::read(&profile_path).unwrap()).unwrap();
+    assert_eq!(profile["rows"], 500);
+    assert_eq!(profile["features"][3]["nulls"], 10, "NA counts as a null");
+    assert_eq!(profile["features"][3]["tensor"], "features");
+    // The fifth column does not fit a 4-element input: refused, naming the feature.
+    let too_wide = offline(&[
+        "profile",
+        "build",
+        "--csv",
+        csv_path.to_str().unwrap(),
+        "--categorical",
+        "colour",
+        "--model",
+        model_path.to_str().unwrap(),
+        "--out",
+        dir.path().join("wide.profile").to_str().unwrap(),
+    ]);
+    assert!(!too_wide.status.success());
+    assert!(
+        String::from_utf8_lossy(&too_wide.stderr).contains("feature `colour` reads index 4 of input `features`, which has 4"),
+        "{}",
+        String::from_utf8_lossy(&too_wide.stderr)
+    );
+
+    let pushed = fleetml(&[
+        "model",
+        "push",
+        "classifier",
+        model_path.to_str().unwrap(),
+        "--profile",
+        profile_path.to_str().unwrap(),
+        "--drift-window-seconds",
+        "5",
+    ]);
+    assert!(pushed.status.success(), "{}", String::from_utf8_lossy(&pushed.stderr));
+    let (status, attached) = plane.get("/api/v1/models/classifier/versions/1/profile").await;
+    assert_eq!((status, &attached["window"]["seconds"]), (200, &json!(5)), "{attached}");
+
+    // Garbage, and a profile for another model's tensors, are refused with the reason.
+    let garbage =
+        plane.http.post(format!("{}/api/v1/profiles", plane.api)).bearer_auth(&plane.token).body("{\"format\": 1}").send().await.unwrap();
+    assert_eq!(garbage.status(), 400);
+    assert!(garbage.text().await.unwrap().contains("profile refused"));
+    let mut other = profile.clone();
+    other["features"][0]["tensor"] = json!("pixels");
+    let uploaded: Value = plane
+        .http
+        .post(format!("{}/api/v1/profiles", plane.api))
+        .bearer_auth(&plane.token)
+        .body(other.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let refused = plane
+        .http
+        .post(format!("{}/api/v1/models/classifier/versions?profile={}", plane.api, uploaded["sha256"].as_str().unwrap()))
+        .bearer_auth(&plane.token)
+        .body(onnx)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    let reason: Value = refused.json().await.unwrap();
+    let message = reason["message"].as_str().unwrap_or_default();
+    assert!(message.contains("feature `a` reads input `pixels`, but the model's inputs are [\"features\"]"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drift_score_gate_stops_a_rollout_whose_canary_sees_drifted_inputs() {
+    let dir = test_dir();
+    let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
+    let sim = Sim::start(&plane, 4, "dg-", &["--label", "fleet=dg", "--drift-window-seconds", "0.5"]).await;
+    plane.wait_online(4).await;
+    let (onnx, profile, features) = model_and_profile();
+    let v1 = push_with_profile(&plane, onnx.clone(), profile.clone()).await;
+    let v2 = push_with_profile(&plane, onnx, profile).await;
+    plane.deploy("classifier", v1, ("selector", "fleet=dg")).await;
+    plane.wait_all_active(&sim.device_ids, "classifier", v1, TIMEOUT).await;
+    let policy = json!({ "target": { "selector": "fleet=dg" }, "on_failure": "rollback",
+        "waves": [{ "size": 1, "bake_seconds": 1 }, { "size": "100%" }],
+        "gates": [{ "metric": "drift_score", "max": 0.0, "min_samples": 200 }] });
+    let (status, started) = plane.post("/api/v1/rollouts", &json!({ "model": "classifier", "version": v2, "policy": policy })).await;
+    assert_eq!(status, 201, "{started}");
+    let id = started["id"].as_i64().unwrap();
+    let canary = started["devices"].as_array().unwrap().iter().find(|device| device["wave"] == 1).unwrap()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    plane.wait_active(&canary, "classifier", v2).await;
+    // The canary's traffic has every input shifted far from the training data.
+    let shifted: Vec<[f32; 4]> = features.iter().map(|row| [row[0] + 3.0, row[1] - 3.0, row[2] + 3.0, row[3] + 3.0]).collect();
+    let client = reqwest::Client::new();
+    let finished = wait_for("the rollout to stop on its drift gate", std::time::Duration::from_secs(60), || {
+        let client = client.clone();
+        let url = format!("{}/devices/{canary}/v2/models/classifier/infer", sim.api);
+        let rows = shifted[..100].to_vec();
+        let plane = &plane;
+        async move {
+            client.post(url).json(&rows_request(&rows)).send().await.ok()?;
+            let view = plane.get(&format!("/api/v1/rollouts/{id}")).await.1;
+            (view["state"] != "running").then_some(view)
+        }
+    })
+    .await;
+    assert_eq!(finished["state"], "rolled_back", "{}", finished["events"]);
+    let failed = finished["events"].as_array().unwrap().iter().find(|event| event["kind"] == "gates_failed").unwrap();
+    assert!(failed["detail"].as_str().unwrap().contains("drift_score"), "{failed}");
+    plane.wait_active(&canary, "classifier", v1).await;
+}
