@@ -21,6 +21,8 @@ use crate::deployment::ControllerCommand;
 use crate::store::{DeploymentTarget, DeviceRecord, RolloutDeviceRecord, RolloutRecord, StoreError};
 
 const TICK: Duration = Duration::from_millis(500);
+/// How long after its device timeout a completed rollout stops following offline devices.
+const STRAGGLER_MARGIN_MS: u64 = 60_000;
 
 /// States of a device the rollout has told and that has not settled yet.
 fn in_flight(state: &str) -> bool {
@@ -285,12 +287,17 @@ impl RolloutController {
 
     /// A completed rollout keeps following the devices that were offline when it finished.
     async fn follow_stragglers(&self, rollout: &RolloutRecord) -> Result<(), StoreError> {
+        let policy: PolicyDocument =
+            serde_json::from_str(&rollout.policy_json).map_err(|error| StoreError::Corrupt(format!("rollout policy: {error}")))?;
+        // Past the device timeout every straggler has been marked failed: nothing to follow.
+        let followed_ms = policy.device_timeout_seconds.saturating_mul(1000).saturating_add(STRAGGLER_MARGIN_MS) as i64;
+        if now_ms() - rollout.updated_ms > followed_ms {
+            return Ok(());
+        }
         let members = self.core.store.rollout_devices(rollout.id).await?;
         if !members.iter().any(|member| in_flight(&member.state)) {
             return Ok(());
         }
-        let policy: PolicyDocument =
-            serde_json::from_str(&rollout.policy_json).map_err(|error| StoreError::Corrupt(format!("rollout policy: {error}")))?;
         let devices: BTreeMap<String, DeviceRecord> =
             self.core.store.list_devices().await?.into_iter().map(|device| (device.device_id.clone(), device)).collect();
         self.refresh_members(rollout, &policy, &members, &devices, now_ms()).await?;
