@@ -104,7 +104,7 @@ pub fn evaluate(profile: &Profile, merged: &MergedWindow, thresholds: &Threshold
                 mean_shift: None,
             };
             match (&feature.reference, merged_feature) {
-                (Reference::Numeric(reference), MergedFeature::Numeric { kll, bin_counts, moments, nulls }) => {
+                (Reference::Numeric(reference), MergedFeature::Numeric { kll, bin_counts, bin_sums, moments, nulls }) => {
                     drift.samples = moments.count;
                     drift.nulls = *nulls;
                     drift.reference_mean = Some(reference.moments.mean);
@@ -115,10 +115,18 @@ pub fn evaluate(profile: &Profile, merged: &MergedWindow, thresholds: &Threshold
                         drift.std_dev = Some(moments.std_dev());
                         drift.psi = Some(psi(&reference.bin_counts, bin_counts));
                         drift.jensen_shannon = Some(jensen_shannon(&reference.bin_counts, bin_counts));
-                        let ks_figure = ks(&reference.kll, kll, thresholds.ks_alpha);
+                        let calibration = Some(BinCalibration {
+                            bin_edges: &reference.bin_edges,
+                            reference_counts: &reference.bin_counts,
+                            reference_sums: &reference.bin_sums,
+                            current_counts: bin_counts,
+                            current_sums: bin_sums,
+                        });
+                        let ks_figure = ks(&reference.kll, kll, calibration, thresholds.ks_alpha);
                         drift.ks = Some(ks_figure.statistic);
                         drift.ks_threshold = Some(ks_figure.threshold);
-                        drift.wasserstein = Some(wasserstein(&reference.kll, kll) / reference.moments.std_dev().max(MIN_REFERENCE_STD));
+                        drift.wasserstein =
+                            Some(wasserstein(&reference.kll, kll, calibration) / reference.moments.std_dev().max(MIN_REFERENCE_STD));
                         let value = match feature.metric {
                             Metric::Psi => drift.psi,
                             Metric::JensenShannon => drift.jensen_shannon,
@@ -281,8 +289,44 @@ pub struct KsFigure {
     pub threshold: f64,
 }
 
-pub fn ks(reference: &FloatKll, current: &FloatKll, alpha: f64) -> KsFigure {
-    let statistic = ks_statistic(&WeightedCdf::of_sketch(reference), &WeightedCdf::of_sketch(current));
+/// Exact counts of both sides in shared bins: when given, each sketch's step function is
+/// calibrated bin by bin to the exact counts and means (`docs/drift.md`, "Bin calibration"),
+/// which removes the sketch's rank error at every bin edge and pins each bin's mean.
+#[derive(Clone, Copy, Debug)]
+pub struct BinCalibration<'a> {
+    pub bin_edges: &'a [f64],
+    pub reference_counts: &'a [u64],
+    pub reference_sums: &'a [f64],
+    pub current_counts: &'a [u64],
+    pub current_sums: &'a [f64],
+}
+
+/// What a calibration uses: KS only the counts, Wasserstein counts and means.
+#[derive(Clone, Copy, PartialEq)]
+enum CalibrateWith {
+    Counts,
+    CountsAndMeans,
+}
+
+fn step_functions(
+    reference: &FloatKll,
+    current: &FloatKll,
+    calibration: Option<BinCalibration<'_>>,
+    with: CalibrateWith,
+) -> (WeightedCdf, WeightedCdf) {
+    let means = with == CalibrateWith::CountsAndMeans;
+    match calibration {
+        Some(bins) => (
+            WeightedCdf::of_sketch_in_bins(reference, bins.bin_edges, bins.reference_counts, means.then_some(bins.reference_sums)),
+            WeightedCdf::of_sketch_in_bins(current, bins.bin_edges, bins.current_counts, means.then_some(bins.current_sums)),
+        ),
+        None => (WeightedCdf::of_sketch(reference), WeightedCdf::of_sketch(current)),
+    }
+}
+
+pub fn ks(reference: &FloatKll, current: &FloatKll, calibration: Option<BinCalibration<'_>>, alpha: f64) -> KsFigure {
+    let (reference_cdf, current_cdf) = step_functions(reference, current, calibration, CalibrateWith::Counts);
+    let statistic = ks_statistic(&reference_cdf, &current_cdf);
     let (n, m) = (reference.n().max(1) as f64, current.n().max(1) as f64);
     let c_alpha = (-(alpha / 2.0).ln() / 2.0).sqrt();
     let threshold = c_alpha * ((n + m) / (n * m)).sqrt() + sketch_rank_error(reference) + sketch_rank_error(current);
@@ -295,17 +339,17 @@ fn sketch_rank_error(sketch: &FloatKll) -> f64 {
 
 /// Wasserstein-1 distance between the sketches' weighted empirical distributions:
 /// ∫ |F_ref(x) − F_cur(x)| dx, in the feature's units.
-pub fn wasserstein(reference: &FloatKll, current: &FloatKll) -> f64 {
-    wasserstein_distance(&WeightedCdf::of_sketch(reference), &WeightedCdf::of_sketch(current))
+pub fn wasserstein(reference: &FloatKll, current: &FloatKll, calibration: Option<BinCalibration<'_>>) -> f64 {
+    let (reference_cdf, current_cdf) = step_functions(reference, current, calibration, CalibrateWith::CountsAndMeans);
+    wasserstein_distance(&reference_cdf, &current_cdf)
 }
 
 /// Walks the union of both step functions' jump points in order, calling `visit(x, F_a(x),
 /// F_b(x), next_x)` after each jump point x has been included.
 fn walk_steps(a: &WeightedCdf, b: &WeightedCdf, mut visit: impl FnMut(f64, f64, f64, Option<f64>)) {
-    if a.total == 0 || b.total == 0 {
+    if a.is_empty() || b.is_empty() {
         return;
     }
-    let (a_total, b_total) = (a.total as f64, b.total as f64);
     let (mut a_idx, mut b_idx) = (0usize, 0usize);
     let (mut a_cdf, mut b_cdf) = (0.0, 0.0);
     while a_idx < a.items.len() || b_idx < b.items.len() {
@@ -316,11 +360,11 @@ fn walk_steps(a: &WeightedCdf, b: &WeightedCdf, mut visit: impl FnMut(f64, f64, 
             (None, None) => break,
         };
         if a.items.get(a_idx) == Some(&x) {
-            a_cdf = a.cumulative[a_idx] as f64 / a_total;
+            a_cdf = a.cumulative[a_idx];
             a_idx += 1;
         }
         if b.items.get(b_idx) == Some(&x) {
-            b_cdf = b.cumulative[b_idx] as f64 / b_total;
+            b_cdf = b.cumulative[b_idx];
             b_idx += 1;
         }
         let next = match (a.items.get(a_idx), b.items.get(b_idx)) {
@@ -356,7 +400,7 @@ pub fn regularized_gamma_q(a: f64, x: f64) -> f64 {
     const MAX_ITERATIONS: usize = 1_000;
     const EPSILON: f64 = 1e-16;
     const TINY: f64 = 1e-300;
-    if !(a > 0.0) || x.is_nan() {
+    if a.is_nan() || a <= 0.0 || x.is_nan() {
         return f64::NAN;
     }
     if x <= 0.0 {
