@@ -75,9 +75,9 @@ fn profile_written_by_python_loads_and_matches_the_rust_builder() {
     let dir = tempfile::tempdir().expect("tempdir");
     let csv_path = dir.path().join("train.csv");
     let mut csv = String::from("x,y,c\n");
-    for row in 0..columns[0].len() {
-        let cell = |value: f64| if value.is_nan() { String::new() } else { format!("{}", value as f32) };
-        csv.push_str(&format!("{},{},{}\n", cell(columns[0][row]), cell(columns[1][row]), cell(columns[2][row])));
+    let cell = |value: f64| if value.is_nan() { String::new() } else { format!("{}", value as f32) };
+    for ((x, y), c) in columns[0].iter().zip(&columns[1]).zip(&columns[2]) {
+        csv.push_str(&format!("{},{},{}\n", cell(*x), cell(*y), cell(*c)));
     }
     std::fs::write(&csv_path, csv).expect("write csv");
     let profile_path = dir.path().join("profile.json");
