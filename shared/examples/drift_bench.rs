@@ -75,6 +75,24 @@ fn observe_ns_per_value(n_numeric: usize, n_categorical: usize, batch: usize, rn
     median(per_value)
 }
 
+/// The floor: `KllSketch::update` alone on the same kind of values.
+fn bare_kll_ns_per_value(rng: &mut fastrand::Rng) -> f64 {
+    let values: Vec<f32> = (0..200_000).map(|_| normal(rng) as f32).collect();
+    let mut per_value = Vec::new();
+    for _ in 0..RUNS {
+        let mut sketch = KllSketch::<KllFloat<f32>>::new(200).expect("k");
+        let start = Instant::now();
+        for value in &values {
+            if let Ok(item) = KllFloat::<f32>::new(*value) {
+                sketch.update(item);
+            }
+        }
+        per_value.push(start.elapsed().as_nanos() as f64 / values.len() as f64);
+        black_box(sketch.n());
+    }
+    median(per_value)
+}
+
 fn window_of(profile: &Profile, samples: usize, rng: &mut fastrand::Rng) -> DriftWindow {
     let mut accumulator = WindowAccumulator::new(profile);
     let data = rows(samples, 1, 1, rng);
@@ -106,6 +124,8 @@ fn main() {
             println!("{label:>26}, batch {batch:>2}: {:6.1} ns", observe_ns_per_value(n_numeric, n_categorical, batch, &mut rng));
         }
     }
+
+    println!("{:>37}: {:6.1} ns", "KllSketch::update alone", bare_kll_ns_per_value(&mut rng));
 
     println!("== postcard bytes per feature per window (normal numeric; 5-code categorical with ~1/6 unseen)");
     let profile = bench_profile(1, 1, &mut rng);
