@@ -93,10 +93,10 @@ fn bare_kll_ns_per_value(rng: &mut fastrand::Rng) -> f64 {
     median(per_value)
 }
 
-fn window_of(profile: &Profile, samples: usize, rng: &mut fastrand::Rng) -> DriftWindow {
+fn window_of(profile: &Profile, samples: usize, n_numeric: usize, n_categorical: usize, rng: &mut fastrand::Rng) -> DriftWindow {
     let mut accumulator = WindowAccumulator::new(profile);
-    let data = rows(samples, 1, 1, rng);
-    accumulator.observe(Side::Input, "input", TensorValues::F32(&data), 2).expect("observe");
+    let data = rows(samples, n_numeric, n_categorical, rng);
+    accumulator.observe(Side::Input, "input", TensorValues::F32(&data), n_numeric + n_categorical).expect("observe");
     accumulator.take(0, 60_000).expect("window")
 }
 
@@ -130,34 +130,37 @@ fn main() {
     println!("== postcard bytes per feature per window (normal numeric; 5-code categorical with ~1/6 unseen)");
     let profile = bench_profile(1, 1, &mut rng);
     for samples in [100, 1_000, 10_000] {
-        let window = window_of(&profile, samples, &mut rng);
+        let window = window_of(&profile, samples, 1, 1, &mut rng);
         let numeric = postcard::to_allocvec(&window.features[0]).expect("encode").len();
         let categorical = postcard::to_allocvec(&window.features[1]).expect("encode").len();
         let whole = postcard::to_allocvec(&window).expect("encode").len();
         println!("{samples:>6} samples: numeric {numeric:>5} B, categorical {categorical:>4} B, whole window {whole:>5} B");
     }
 
-    println!("== merge 10,000 device windows (one numeric + one categorical feature), median of {RUNS}");
-    for samples in [100, 1_000] {
-        let windows: Vec<DriftWindow> = (0..10_000).map(|_| window_of(&profile, samples, &mut rng)).collect();
-        let mut times = Vec::new();
-        let mut evaluate_times = Vec::new();
-        for _ in 0..RUNS {
-            let mut merged = MergedWindow::new(&profile);
-            let start = Instant::now();
-            for window in &windows {
-                merged.merge(window).expect("merge");
+    println!("== merge 10,000 device windows of one feature, then evaluate (median of {RUNS})");
+    for (label, n_numeric, n_categorical) in [("numeric", 1, 0), ("categorical", 0, 1)] {
+        let profile = bench_profile(n_numeric, n_categorical, &mut rng);
+        for samples in [100, 1_000] {
+            let windows: Vec<DriftWindow> = (0..10_000).map(|_| window_of(&profile, samples, n_numeric, n_categorical, &mut rng)).collect();
+            let mut times = Vec::new();
+            let mut evaluate_times = Vec::new();
+            for _ in 0..RUNS {
+                let mut merged = MergedWindow::new(&profile);
+                let start = Instant::now();
+                for window in &windows {
+                    merged.merge(window).expect("merge");
+                }
+                times.push(start.elapsed().as_secs_f64() * 1e3);
+                let start = Instant::now();
+                black_box(evaluate(&profile, &merged, profile.thresholds()));
+                evaluate_times.push(start.elapsed().as_secs_f64() * 1e3);
             }
-            times.push(start.elapsed().as_secs_f64() * 1e3);
-            let start = Instant::now();
-            black_box(evaluate(&profile, &merged, profile.thresholds()));
-            evaluate_times.push(start.elapsed().as_secs_f64() * 1e3);
+            println!(
+                "{label:>12}, {samples:>5} samples per window: merge {:6.1} ms, evaluate {:.2} ms",
+                median(times),
+                median(evaluate_times)
+            );
         }
-        println!(
-            "{samples:>6} samples per window: merge {:.1} ms (both features), evaluate {:.2} ms",
-            median(times),
-            median(evaluate_times)
-        );
     }
 
     println!("== KLL k=200 max rank error, 10^6 normal f32 values (999 probe ranks)");

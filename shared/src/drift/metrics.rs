@@ -3,6 +3,7 @@
 //! PSI and Jensen-Shannon on exact bin or category counts, Kolmogorov-Smirnov and normalised
 //! Wasserstein on the KLL sketches, a chi-square test of homogeneity on exact category counts.
 
+use datasketches::frequencies::ErrorType;
 use serde::Serialize;
 
 use super::Side;
@@ -61,7 +62,20 @@ pub struct FeatureDrift {
     pub other_share: Option<f64>,
     /// Largest per-channel |mean − reference mean| in reference standard deviations (`channels`).
     pub mean_shift: Option<f64>,
+    /// The most frequent codes outside the vocabulary (categorical), heaviest first, at most
+    /// `N_TOP_OTHER_CODES`, with the frequent-items sketch's estimate of their count.
+    pub top_other_codes: Vec<OtherCode>,
 }
+
+/// A category code the reference never saw, with its estimated count in the window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct OtherCode {
+    pub code: i64,
+    pub estimate: u64,
+}
+
+/// How many unseen codes a report lists per categorical feature.
+pub const N_TOP_OTHER_CODES: usize = 5;
 
 /// Result of a chi-square test.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -102,6 +116,7 @@ pub fn evaluate(profile: &Profile, merged: &MergedWindow, thresholds: &Threshold
                 reference_std_dev: None,
                 other_share: None,
                 mean_shift: None,
+                top_other_codes: Vec::new(),
             };
             match (&feature.reference, merged_feature) {
                 (Reference::Numeric(reference), MergedFeature::Numeric { kll, bin_counts, bin_sums, moments, nulls }) => {
@@ -143,10 +158,14 @@ pub fn evaluate(profile: &Profile, merged: &MergedWindow, thresholds: &Threshold
                         }
                     }
                 }
-                (Reference::Categorical(reference), MergedFeature::Categorical { counts, other, nulls, .. }) => {
+                (Reference::Categorical(reference), MergedFeature::Categorical { counts, other, other_items, nulls }) => {
                     let window_total: u64 = counts.iter().sum::<u64>() + other;
                     drift.samples = window_total;
                     drift.nulls = *nulls;
+                    let mut rows = other_items.frequent_items(ErrorType::NoFalsePositives);
+                    rows.sort_by_key(|row| std::cmp::Reverse(row.estimate()));
+                    drift.top_other_codes =
+                        rows.iter().take(N_TOP_OTHER_CODES).map(|row| OtherCode { code: *row.item(), estimate: row.estimate() }).collect();
                     if window_total > 0 && reference.counts.iter().any(|count| *count > 0) {
                         drift.counted = true;
                         let mut reference_counts = reference.counts.clone();

@@ -87,6 +87,7 @@ fn categorical_metrics_equal_the_raw_data_values() {
     assert_eq!(drift.jensen_shannon, Some(metrics::jensen_shannon(&reference_counts, &current_counts)));
     assert_eq!(drift.p_value, Some(metrics::chi_square(&reference_counts, &current_counts).p_value));
     assert_eq!(drift.other_share, Some(100.0 / 5_000.0));
+    assert_eq!(drift.top_other_codes, vec![metrics::OtherCode { code: 9, estimate: 100 }]);
 }
 
 struct AlarmCounts {
