@@ -14,7 +14,7 @@ use datasketches::kll::{KllFloat, KllSketch};
 use fleetml_shared::drift::Side;
 use fleetml_shared::drift::metrics::evaluate;
 use fleetml_shared::drift::profile::{BuildOptions, ColumnKind, ColumnSpec, Profile};
-use fleetml_shared::drift::window::{DriftWindow, MergedWindow, TensorValues, WindowAccumulator};
+use fleetml_shared::drift::window::{DriftWindow, FeatureSummary, MergedWindow, TensorValues, WindowAccumulator};
 
 const RUNS: usize = 7;
 
@@ -93,6 +93,28 @@ fn bare_kll_ns_per_value(rng: &mut fastrand::Rng) -> f64 {
     median(per_value)
 }
 
+/// The floor of a numeric merge: the crate's own deserialize and merge of the same sketches.
+fn bare_kll_merge_ms(windows: &[DriftWindow]) -> f64 {
+    let sketches: Vec<&[u8]> = windows
+        .iter()
+        .filter_map(|window| match &window.features[0] {
+            FeatureSummary::Numeric { kll, .. } => Some(kll.as_slice()),
+            _ => None,
+        })
+        .collect();
+    let mut times = Vec::new();
+    for _ in 0..RUNS {
+        let mut merged = KllSketch::<KllFloat<f32>>::new(200).expect("k");
+        let start = Instant::now();
+        for bytes in &sketches {
+            merged.merge(&KllSketch::deserialize(bytes).expect("sketch")).expect("merge");
+        }
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+        black_box(merged.n());
+    }
+    median(times)
+}
+
 fn window_of(profile: &Profile, samples: usize, n_numeric: usize, n_categorical: usize, rng: &mut fastrand::Rng) -> DriftWindow {
     let mut accumulator = WindowAccumulator::new(profile);
     let data = rows(samples, n_numeric, n_categorical, rng);
@@ -155,8 +177,13 @@ fn main() {
                 black_box(evaluate(&profile, &merged, profile.thresholds()));
                 evaluate_times.push(start.elapsed().as_secs_f64() * 1e3);
             }
+            let floor = if n_numeric > 0 {
+                format!(", bare KllSketch deserialize + merge {:6.1} ms", bare_kll_merge_ms(&windows))
+            } else {
+                String::new()
+            };
             println!(
-                "{label:>12}, {samples:>5} samples per window: merge {:6.1} ms, evaluate {:.2} ms",
+                "{label:>12}, {samples:>5} samples per window: merge {:6.1} ms, evaluate {:.2} ms{floor}",
                 median(times),
                 median(evaluate_times)
             );
