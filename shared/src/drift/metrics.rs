@@ -40,7 +40,9 @@ pub struct FeatureDrift {
     pub metric: Metric,
     /// The decision statistic (for `chi_square`, the p-value).
     pub value: Option<f64>,
-    pub threshold: f64,
+    /// What `value` is compared with; for `ks` it depends on the sample sizes, so it is
+    /// `None` without samples. `chi_square` drifts when `value` is below it, the others at or above.
+    pub threshold: Option<f64>,
     pub drifted: bool,
     /// Whether this feature counts in `share_drifted`.
     pub counted: bool,
@@ -151,10 +153,10 @@ pub fn evaluate(profile: &Profile, merged: &MergedWindow, thresholds: &Threshold
                         drift.value = value;
                         drift.drifted = match feature.metric {
                             Metric::Ks => ks_figure.statistic > ks_figure.threshold,
-                            _ => value.is_some_and(|value| value >= drift.threshold),
+                            _ => value.zip(drift.threshold).is_some_and(|(value, threshold)| value >= threshold),
                         };
                         if feature.metric == Metric::Ks {
-                            drift.threshold = ks_figure.threshold;
+                            drift.threshold = Some(ks_figure.threshold);
                         }
                     }
                 }
@@ -179,7 +181,7 @@ pub fn evaluate(profile: &Profile, merged: &MergedWindow, thresholds: &Threshold
                         drift.p_value = Some(test.p_value);
                         (drift.value, drift.drifted) = match feature.metric {
                             Metric::ChiSquare => (Some(test.p_value), test.p_value < thresholds.chi_square_p),
-                            _ => (drift.jensen_shannon, drift.jensen_shannon.is_some_and(|value| value >= drift.threshold)),
+                            _ => (drift.jensen_shannon, drift.jensen_shannon.is_some_and(|value| value >= thresholds.jensen_shannon)),
                         };
                     }
                 }
@@ -210,14 +212,14 @@ pub fn evaluate(profile: &Profile, merged: &MergedWindow, thresholds: &Threshold
     }
 }
 
-fn threshold_of(metric: Metric, thresholds: &Thresholds) -> f64 {
+fn threshold_of(metric: Metric, thresholds: &Thresholds) -> Option<f64> {
     match metric {
-        Metric::Wasserstein => thresholds.wasserstein,
-        Metric::Psi => thresholds.psi,
-        Metric::JensenShannon => thresholds.jensen_shannon,
-        Metric::Ks => f64::NAN,
-        Metric::ChiSquare => thresholds.chi_square_p,
-        Metric::MeanShift => thresholds.channel_mean_shift,
+        Metric::Wasserstein => Some(thresholds.wasserstein),
+        Metric::Psi => Some(thresholds.psi),
+        Metric::JensenShannon => Some(thresholds.jensen_shannon),
+        Metric::Ks => None,
+        Metric::ChiSquare => Some(thresholds.chi_square_p),
+        Metric::MeanShift => Some(thresholds.channel_mean_shift),
     }
 }
 

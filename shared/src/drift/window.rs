@@ -551,6 +551,8 @@ impl MergedWindow {
                         *merged = merged.merge(window_moments);
                     }
                 }
+                // Invariant: decode_summary only returns a Decoded of the merged feature's own
+                // kind for a summary of that kind, so no other pairing reaches this loop.
                 _ => {}
             }
         }
