@@ -634,6 +634,12 @@ fn decode_summary<'a>(merged: &MergedFeature, summary: &'a FeatureSummary, kll_k
             if window_counts.len() != counts.len() {
                 return Err(format!("{} category counts, the profile has {} categories", window_counts.len(), counts.len()));
             }
+            // The crate allocates 2^lg_cur_map_size slots up front, up to 2^30, and checks that
+            // lg_cur <= lg_max (header byte 3): refuse maps larger than the devices' first.
+            let lg_max_map_size = items_bytes.get(3).copied().unwrap_or(0);
+            if lg_max_map_size > OTHER_ITEMS_MAP_SIZE.trailing_zeros() as u8 {
+                return Err(format!("other_items map size 2^{lg_max_map_size} exceeds {OTHER_ITEMS_MAP_SIZE}"));
+            }
             let window_items = FrequentItemsSketch::<i64>::deserialize(items_bytes)
                 .map_err(|error| format!("other_items is not a frequent-items sketch: {error}"))?;
             if window_items.total_weight() != *window_other {
