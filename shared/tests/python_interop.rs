@@ -200,3 +200,48 @@ fn window_sketches_read_back_in_python_with_the_same_answers() {
         assert_eq!(rust_items.estimate(&code), estimate, "code {code}");
     }
 }
+
+/// `channels` through the Python builder's library API: per-channel moments of a whole
+/// tensor agree with the Rust builder's.
+#[test]
+fn channel_moments_from_python_match_the_rust_builder() {
+    let Some(python) = python() else { return };
+    let shape = [6usize, 3, 5, 4];
+    // Deterministic values both sides can compute: v(position) = sin(position) * (1 + channel).
+    let values: Vec<f64> =
+        (0..shape.iter().product::<usize>()).map(|position| (position as f64).sin() * (1 + (position / 20) % 3) as f64).collect();
+    let program = format!(
+        "import sys, json, numpy as np\n\
+         sys.path.insert(0, {examples:?})\n\
+         import make_profile\n\
+         positions = np.arange(360)\n\
+         tensor = (np.sin(positions) * (1 + (positions // 20) % 3)).reshape(6, 3, 5, 4)\n\
+         profile = make_profile.build_profile([{{'name': 'img', 'kind': 'channels', 'tensor': 'image', 'axis': 1}}], {{'img': tensor}})\n\
+         print(json.dumps(profile))\n",
+        examples = repo_root().join("examples").to_str().expect("utf-8 path"),
+    );
+    let from_python = Profile::from_json(run_python(&python, &["-c", &program]).as_bytes()).expect("Python profile is valid");
+    let spec = ColumnSpec {
+        name: "img".into(),
+        side: Side::Input,
+        tensor: "image".into(),
+        kind: ColumnKind::Channels { axis: 1, shape: shape.to_vec() },
+        metric: None,
+    };
+    let from_rust = Profile::build(&[spec], &[&values], &BuildOptions::default()).expect("Rust profile");
+    let (Reference::Channels(python_channels), Reference::Channels(rust_channels)) =
+        (&from_python.features()[0].reference, &from_rust.features()[0].reference)
+    else {
+        panic!("both are channels features");
+    };
+    assert_eq!(python_channels.axis, rust_channels.axis);
+    assert_eq!(python_channels.moments.len(), 3);
+    for (python_moments, rust_moments) in python_channels.moments.iter().zip(&rust_channels.moments) {
+        assert_eq!(
+            (python_moments.count, python_moments.min, python_moments.max),
+            (rust_moments.count, rust_moments.min, rust_moments.max)
+        );
+        assert!((python_moments.mean - rust_moments.mean).abs() < 1e-12);
+        assert!((python_moments.variance - rust_moments.variance).abs() < 1e-12);
+    }
+}
