@@ -2,9 +2,10 @@
 //! compact serialization (the crate's `SortedView` does not expose its entries). KS and
 //! Wasserstein need the whole weighted step function, not a few quantiles.
 
-use datasketches::kll::{KllFloat, KllSketch};
+#[cfg(test)]
+use datasketches::kll::KllFloat;
 
-pub(crate) type FloatKll = KllSketch<KllFloat<f32>>;
+use super::FloatKll;
 
 // Layout constants of the Apache DataSketches KLL compact format (datasketches-java
 // `KllPreambleUtil`, datasketches-cpp `kll_sketch`).

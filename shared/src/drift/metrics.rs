@@ -6,10 +6,10 @@
 use datasketches::frequencies::ErrorType;
 use serde::Serialize;
 
-use super::Side;
-use super::kll_view::{FloatKll, WeightedCdf};
+use super::kll_view::WeightedCdf;
 use super::profile::{FeatureKind, Metric, Profile, Reference, Thresholds};
 use super::window::{MergedFeature, MergedWindow, Moments};
+use super::{FloatKll, Side};
 
 /// Share given to an empty bin by PSI (Evidently's smoothing), so the log stays finite.
 pub const PSI_EMPTY_BIN_SHARE: f64 = 0.0001;

@@ -12,9 +12,8 @@ use std::collections::HashSet;
 use datasketches::kll::KllFloat;
 use serde::{Deserialize, Serialize};
 
-use super::kll_view::FloatKll;
 use super::window::Moments;
-use super::{DriftError, Side};
+use super::{DriftError, FloatKll, Side};
 
 /// The `format` field every profile carries.
 pub const PROFILE_FORMAT: &str = "fleetml.profile";

@@ -9,9 +9,8 @@ use datasketches::frequencies::FrequentItemsSketch;
 use datasketches::kll::KllFloat;
 use serde::{Deserialize, Serialize};
 
-use super::kll_view::FloatKll;
 use super::profile::{Profile, Reference, bin_of};
-use super::{DriftError, Side};
+use super::{DriftError, FloatKll, Side};
 
 /// Map size of the frequent-items sketch of out-of-vocabulary codes: it tracks about the 24
 /// heaviest unseen codes of a window (0.75 × 32); serialized, at most ~530 bytes.
