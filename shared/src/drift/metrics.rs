@@ -87,6 +87,22 @@ pub struct ChiSquare {
     pub p_value: f64,
 }
 
+/// Counts consecutive drifted windows so that one noisy window does not raise an alert: the
+/// plane keeps one per monitored slice and feeds it each window's report in order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriftStreak {
+    pub n_consecutive: u32,
+}
+
+impl DriftStreak {
+    /// Records one report; true while the dataset has drifted in at least
+    /// `thresholds.consecutive_windows` windows in a row.
+    pub fn record(&mut self, report: &DriftReport, thresholds: &Thresholds) -> bool {
+        self.n_consecutive = if report.dataset_drifted { self.n_consecutive.saturating_add(1) } else { 0 };
+        self.n_consecutive >= thresholds.consecutive_windows
+    }
+}
+
 /// Judges `merged` against `profile` with `thresholds` (usually `profile.thresholds()`).
 pub fn evaluate(profile: &Profile, merged: &MergedWindow, thresholds: &Thresholds) -> DriftReport {
     let features: Vec<FeatureDrift> = profile
@@ -497,6 +513,25 @@ fn ln_gamma(x: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_alert_needs_consecutive_drifted_windows() {
+        let report = |dataset_drifted| DriftReport {
+            samples: 1,
+            features: Vec::new(),
+            n_counted: 1,
+            n_drifted: 0,
+            share_drifted: 0.0,
+            dataset_drifted,
+        };
+        let thresholds = Thresholds::default();
+        let mut streak = DriftStreak::default();
+        let alerts: Vec<bool> = [true, true, false, true, true, true, true, false]
+            .iter()
+            .map(|drifted| streak.record(&report(*drifted), &thresholds))
+            .collect();
+        assert_eq!(alerts, [false, false, false, false, false, true, true, false]);
+    }
 
     #[test]
     fn regularized_gamma_q_matches_closed_forms() {

@@ -76,8 +76,8 @@ pub struct Thresholds {
     pub channel_mean_shift: f64,
     /// The dataset drifts when at least this share of counted features drifts.
     pub share: f64,
-    /// How many consecutive drifted windows the plane waits for before it alerts (not used by
-    /// `evaluate`, which judges one merged window).
+    /// How many consecutive drifted windows the plane waits for before it alerts
+    /// (`metrics::DriftStreak`; `evaluate` judges one merged window).
     pub consecutive_windows: u32,
 }
 
