@@ -20,6 +20,9 @@ const FLAG_SINGLE_ITEM: u8 = 1 << 2;
 pub(crate) struct WeightedCdf {
     pub items: Vec<f64>,
     pub cumulative: Vec<f64>,
+    /// Whether an item stands for a point mass: it was retained more than once (repeated
+    /// values, e.g. the zeros of zero-inflated data) or it is the smallest item.
+    pub point_mass: Vec<bool>,
 }
 
 impl WeightedCdf {
@@ -113,8 +116,12 @@ impl WeightedCdf {
                     if let Some(cumulative) = cdf.cumulative.last_mut() {
                         *cumulative = share;
                     }
+                    if let Some(point_mass) = cdf.point_mass.last_mut() {
+                        *point_mass = true;
+                    }
                 }
                 _ => {
+                    cdf.point_mass.push(cdf.items.is_empty());
                     cdf.items.push(item);
                     cdf.cumulative.push(share);
                 }
@@ -124,6 +131,30 @@ impl WeightedCdf {
             *last = 1.0;
         }
         cdf
+    }
+
+    /// The CDF's limits from the left and from the right at `x` under linear interpolation:
+    /// between consecutive items the mass of the upper one is spread evenly, except that a
+    /// point-mass item keeps its mass as a jump.
+    pub fn interpolated_limits(&self, x: f64) -> (f64, f64) {
+        let above = self.items.partition_point(|item| *item <= x);
+        if above > 0 && self.items[above - 1] == x {
+            let knot = above - 1;
+            let before = if knot == 0 { 0.0 } else { self.cumulative[knot - 1] };
+            let left = if self.point_mass[knot] { before } else { self.cumulative[knot] };
+            return (left, self.cumulative[knot]);
+        }
+        if above == 0 {
+            return (0.0, 0.0);
+        }
+        if above == self.items.len() {
+            return (1.0, 1.0);
+        }
+        let (lower, upper) = (self.items[above - 1], self.items[above]);
+        let start = self.cumulative[above - 1];
+        let end = if self.point_mass[above] { start } else { self.cumulative[above] };
+        let value = start + (end - start) * (x - lower) / (upper - lower);
+        (value, value)
     }
 
     pub fn is_empty(&self) -> bool {

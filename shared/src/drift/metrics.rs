@@ -374,11 +374,15 @@ fn sketch_rank_error(sketch: &FloatKll) -> f64 {
     if sketch.is_estimation_mode() { sketch.normalized_rank_error() } else { 0.0 }
 }
 
-/// Wasserstein-1 distance between the sketches' weighted empirical distributions:
-/// ∫ |F_ref(x) − F_cur(x)| dx, in the feature's units.
+/// Wasserstein-1 distance ∫ |F_ref(x) − F_cur(x)| dx between the sketches' distributions, in
+/// the feature's units. Each sketch's CDF is interpolated linearly between its retained items
+/// (an item's mass spread evenly since the previous one), except that repeated items and the
+/// smallest keep their mass as a jump: two step functions of the same smooth distribution
+/// would otherwise differ by their random step positions (measured: a bias of about +0.02 σ on
+/// undrifted log-normal data, gone with interpolation).
 pub fn wasserstein(reference: &FloatKll, current: &FloatKll, calibration: Option<BinCalibration<'_>>) -> f64 {
     let (reference_cdf, current_cdf) = step_functions(reference, current, calibration, CalibrateWith::CountsAndMeans);
-    wasserstein_distance(&reference_cdf, &current_cdf)
+    wasserstein_interpolated(&reference_cdf, &current_cdf)
 }
 
 /// Walks the union of both step functions' jump points in order, calling `visit(x, F_a(x),
@@ -420,6 +424,7 @@ pub(crate) fn ks_statistic(a: &WeightedCdf, b: &WeightedCdf) -> f64 {
     statistic
 }
 
+#[cfg(test)]
 pub(crate) fn wasserstein_distance(a: &WeightedCdf, b: &WeightedCdf) -> f64 {
     let mut area = 0.0;
     walk_steps(a, b, |x, a_cdf, b_cdf, next| {
@@ -427,6 +432,31 @@ pub(crate) fn wasserstein_distance(a: &WeightedCdf, b: &WeightedCdf) -> f64 {
             area += (a_cdf - b_cdf).abs() * (next - x);
         }
     });
+    area
+}
+
+/// ∫ |F_a − F_b| dx between the linearly interpolated CDFs (`interpolated_limits`). Both are
+/// linear between consecutive knots of the union, so each piece is integrated exactly.
+pub(crate) fn wasserstein_interpolated(a: &WeightedCdf, b: &WeightedCdf) -> f64 {
+    if a.is_empty() || b.is_empty() {
+        return 0.0;
+    }
+    let mut knots: Vec<f64> = a.items.iter().chain(&b.items).copied().collect();
+    knots.sort_unstable_by(f64::total_cmp);
+    knots.dedup();
+    let mut area = 0.0;
+    for pair in knots.windows(2) {
+        let (start, end) = (pair[0], pair[1]);
+        let start_gap = a.interpolated_limits(start).1 - b.interpolated_limits(start).1;
+        let end_gap = a.interpolated_limits(end).0 - b.interpolated_limits(end).0;
+        let width = end - start;
+        area += if start_gap * end_gap >= 0.0 {
+            width * (start_gap.abs() + end_gap.abs()) / 2.0
+        } else {
+            // The gap crosses zero inside the piece: two triangles.
+            width * (start_gap * start_gap + end_gap * end_gap) / (2.0 * (start_gap.abs() + end_gap.abs()))
+        };
+    }
     area
 }
 
@@ -617,5 +647,34 @@ mod tests {
         check(&cdf(&[0.0, 0.0, 1.0, 1.0]), &cdf(&[0.0, 1.0, 1.0, 1.0]), 0.25, 0.25);
         check(&cdf(&[1.0, 2.0, 3.0, 4.0]), &cdf(&[2.0, 3.0]), 0.25, 0.5);
         check(&cdf(&[]), &cdf(&[1.0]), 0.0, 0.0);
+    }
+
+    #[test]
+    fn interpolated_wasserstein_matches_hand_computed_values() {
+        let cdf = WeightedCdf::of_values;
+        #[track_caller]
+        fn check(a: &WeightedCdf, b: &WeightedCdf, expected: f64) {
+            let actual = wasserstein_interpolated(a, b);
+            assert!((actual - expected).abs() < 1e-12, "{actual} vs {expected}");
+            assert!((wasserstein_interpolated(b, a) - expected).abs() < 1e-12, "symmetric");
+        }
+        check(&cdf(&[0.0, 1.0]), &cdf(&[0.0, 1.0]), 0.0);
+        // F_a jumps to 1/2 at 0 and rises linearly to 1 at 2; F_b the same but reaches 1 at 1.
+        check(&cdf(&[0.0, 2.0]), &cdf(&[0.0, 1.0]), 0.25);
+        // Point masses at 0 and 5 (a single item each): a shift of the whole mass by 5.
+        check(&cdf(&[0.0]), &cdf(&[5.0]), 5.0);
+        // A repeated item keeps its mass as a jump: a = {0, 1, 1} is 1/3 at 0 and 2/3 at 1;
+        // b = {0, 0, 1} is 2/3 at 0, then its single 1 spread over (0, 1]:
+        // ∫₀¹ (2/3 + x/3) − 1/3 dx = 1/2.
+        check(&cdf(&[0.0, 1.0, 1.0]), &cdf(&[0.0, 0.0, 1.0]), 0.5);
+        // The same shape moved by 1.
+        check(&cdf(&[0.0, 2.0]), &cdf(&[1.0, 3.0]), 1.0);
+        // a = {0, 2} against a point mass at 1: F_a = 1/2 + x/4 on [0, 2];
+        // ∫₀¹ (1/2 + x/4) dx + ∫₁² (1/2 − x/4) dx = 5/8 + 1/8.
+        check(&cdf(&[0.0, 2.0]), &cdf(&[1.0]), 0.75);
+        // CDFs crossing inside a piece: a = {0, 4} (1/2 + x/8), b = {1, 3} (1/2 at 1, then
+        // linear to 1 at 3). The gap 1/4 − x/8 on (1, 3) changes sign at 2:
+        // 9/16 on (0, 1), two triangles of 1/16 on (1, 3), 1/16 on (3, 4).
+        check(&cdf(&[0.0, 4.0]), &cdf(&[1.0, 3.0]), 0.75);
     }
 }
