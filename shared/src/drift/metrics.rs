@@ -319,7 +319,8 @@ pub fn chi_square(reference: &[u64], current: &[u64]) -> ChiSquare {
 /// compared with.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KsFigure {
-    /// sup over both sketches' retained items of |F_ref(x) − F_cur(x)|.
+    /// sup over both sketches' retained items of |F_ref(x) − F_cur(x)|, with each CDF
+    /// interpolated as for `wasserstein` (from both sides at every item).
     pub statistic: f64,
     /// c(α)·√((n+m)/(n·m)) + ε_ref + ε_cur, with c(α) = √(−ln(α/2)/2) and ε a sketch's
     /// normalised single-sided rank error (0 while it is still exact).
@@ -363,7 +364,7 @@ fn step_functions(
 
 pub fn ks(reference: &FloatKll, current: &FloatKll, calibration: Option<BinCalibration<'_>>, alpha: f64) -> KsFigure {
     let (reference_cdf, current_cdf) = step_functions(reference, current, calibration, CalibrateWith::Counts);
-    let statistic = ks_statistic(&reference_cdf, &current_cdf);
+    let statistic = ks_interpolated(&reference_cdf, &current_cdf);
     let (n, m) = (reference.n().max(1) as f64, current.n().max(1) as f64);
     let c_alpha = (-(alpha / 2.0).ln() / 2.0).sqrt();
     let threshold = c_alpha * ((n + m) / (n * m)).sqrt() + sketch_rank_error(reference) + sketch_rank_error(current);
@@ -385,6 +386,7 @@ pub fn wasserstein(reference: &FloatKll, current: &FloatKll, calibration: Option
     wasserstein_interpolated(&reference_cdf, &current_cdf)
 }
 
+#[cfg(test)]
 /// Walks the union of both step functions' jump points in order, calling `visit(x, F_a(x),
 /// F_b(x), next_x)` after each jump point x has been included.
 fn walk_steps(a: &WeightedCdf, b: &WeightedCdf, mut visit: impl FnMut(f64, f64, f64, Option<f64>)) {
@@ -418,6 +420,7 @@ fn walk_steps(a: &WeightedCdf, b: &WeightedCdf, mut visit: impl FnMut(f64, f64, 
     }
 }
 
+#[cfg(test)]
 pub(crate) fn ks_statistic(a: &WeightedCdf, b: &WeightedCdf) -> f64 {
     let mut statistic: f64 = 0.0;
     walk_steps(a, b, |_, a_cdf, b_cdf, _| statistic = statistic.max((a_cdf - b_cdf).abs()));
@@ -433,6 +436,20 @@ pub(crate) fn wasserstein_distance(a: &WeightedCdf, b: &WeightedCdf) -> f64 {
         }
     });
     area
+}
+
+/// sup |F_a − F_b| between the linearly interpolated CDFs: the gap is linear between the
+/// union's knots, so the supremum is at a knot, from one side or the other.
+pub(crate) fn ks_interpolated(a: &WeightedCdf, b: &WeightedCdf) -> f64 {
+    if a.is_empty() || b.is_empty() {
+        return 0.0;
+    }
+    let mut statistic: f64 = 0.0;
+    for x in a.items.iter().chain(&b.items) {
+        let ((a_left, a_right), (b_left, b_right)) = (a.interpolated_limits(*x), b.interpolated_limits(*x));
+        statistic = statistic.max((a_left - b_left).abs()).max((a_right - b_right).abs());
+    }
+    statistic
 }
 
 /// ∫ |F_a − F_b| dx between the linearly interpolated CDFs (`interpolated_limits`). Both are
@@ -676,5 +693,8 @@ mod tests {
         // linear to 1 at 3). The gap 1/4 − x/8 on (1, 3) changes sign at 2:
         // 9/16 on (0, 1), two triangles of 1/16 on (1, 3), 1/16 on (3, 4).
         check(&cdf(&[0.0, 4.0]), &cdf(&[1.0, 3.0]), 0.75);
+        // KS at the knots, both limits: at 1, F_a = 3/4 against F_b jumping from 0 to 1.
+        assert!((ks_interpolated(&cdf(&[0.0, 2.0]), &cdf(&[1.0])) - 0.75).abs() < 1e-12);
+        assert_eq!(ks_interpolated(&cdf(&[0.0, 1.0, 2.0]), &cdf(&[0.0, 1.0, 2.0])), 0.0);
     }
 }
