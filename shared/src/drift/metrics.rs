@@ -151,9 +151,9 @@ pub fn evaluate(profile: &Profile, merged: &MergedWindow, thresholds: &Threshold
                         let calibration = Some(BinCalibration {
                             bin_edges: &reference.bin_edges,
                             reference_counts: &reference.bin_counts,
-                            reference_sums: &reference.bin_sums,
+                            reference_sums: reference.bin_sums.as_deref(),
                             current_counts: bin_counts,
-                            current_sums: bin_sums,
+                            current_sums: Some(bin_sums),
                         });
                         let ks_figure = ks(&reference.kll, kll, calibration, thresholds.ks_alpha);
                         drift.ks = Some(ks_figure.statistic);
@@ -334,9 +334,10 @@ pub struct KsFigure {
 pub struct BinCalibration<'a> {
     pub bin_edges: &'a [f64],
     pub reference_counts: &'a [u64],
-    pub reference_sums: &'a [f64],
+    /// Per-bin sums; the means are used only when both sides have them.
+    pub reference_sums: Option<&'a [f64]>,
     pub current_counts: &'a [u64],
-    pub current_sums: &'a [f64],
+    pub current_sums: Option<&'a [f64]>,
 }
 
 /// What a calibration uses: KS only the counts, Wasserstein counts and means.
@@ -352,11 +353,12 @@ fn step_functions(
     calibration: Option<BinCalibration<'_>>,
     with: CalibrateWith,
 ) -> (WeightedCdf, WeightedCdf) {
-    let means = with == CalibrateWith::CountsAndMeans;
+    let means = with == CalibrateWith::CountsAndMeans
+        && calibration.is_some_and(|bins| bins.reference_sums.is_some() && bins.current_sums.is_some());
     match calibration {
         Some(bins) => (
-            WeightedCdf::of_sketch_in_bins(reference, bins.bin_edges, bins.reference_counts, means.then_some(bins.reference_sums)),
-            WeightedCdf::of_sketch_in_bins(current, bins.bin_edges, bins.current_counts, means.then_some(bins.current_sums)),
+            WeightedCdf::of_sketch_in_bins(reference, bins.bin_edges, bins.reference_counts, bins.reference_sums.filter(|_| means)),
+            WeightedCdf::of_sketch_in_bins(current, bins.bin_edges, bins.current_counts, bins.current_sums.filter(|_| means)),
         ),
         None => (WeightedCdf::of_sketch(reference), WeightedCdf::of_sketch(current)),
     }

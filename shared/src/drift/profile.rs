@@ -105,7 +105,8 @@ pub struct FeatureDocument {
     /// Exact reference counts per bin, one more than `bin_edges` (numeric).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_counts: Option<Vec<u64>>,
-    /// Exact sum of the reference values in each bin (numeric): with the counts, each bin's mean.
+    /// Exact sum of the reference values in each bin (numeric, optional): with the counts, each
+    /// bin's mean, which sharpens the Wasserstein estimate (`docs/drift.md`, "Bin calibration").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bin_sums: Option<Vec<f64>>,
     /// One object (numeric) or one per channel (`channels`).
@@ -197,7 +198,8 @@ pub struct NumericReference {
     /// Inner edges; bin `i` is `(edges[i-1], edges[i]]` with `edges[-1] = -inf`, `edges[len] = +inf`.
     pub bin_edges: Vec<f64>,
     pub bin_counts: Vec<u64>,
-    pub bin_sums: Vec<f64>,
+    /// `None` in a profile written without `bin_sums`.
+    pub bin_sums: Option<Vec<f64>>,
     pub moments: Moments,
     pub nulls: u64,
 }
@@ -458,7 +460,7 @@ impl Feature {
                 document.kll = Some(hex::encode(numeric.kll.serialize()));
                 document.bin_edges = Some(numeric.bin_edges.clone());
                 document.bin_counts = Some(numeric.bin_counts.clone());
-                document.bin_sums = Some(numeric.bin_sums.clone());
+                document.bin_sums = numeric.bin_sums.clone();
                 document.moments = Some(MomentsDocument::One(numeric.moments));
                 document.nulls = numeric.nulls;
             }
@@ -546,12 +548,14 @@ fn validate_feature(document: FeatureDocument, kll_k: u16) -> Result<Feature, Dr
             if bin_counts.len() != bin_edges.len() + 1 {
                 return Err(fail(format!("bin_counts has {} entries, expected {} (bin_edges + 1)", bin_counts.len(), bin_edges.len() + 1)));
             }
-            let bin_sums = require(name, "bin_sums", document.bin_sums.clone())?;
-            if bin_sums.len() != bin_counts.len() {
-                return Err(fail(format!("bin_sums has {} entries, expected {} (one per bin)", bin_sums.len(), bin_counts.len())));
-            }
-            if let Some(bad) = bin_sums.iter().position(|sum| !sum.is_finite()) {
-                return Err(fail(format!("bin_sums[{bad}] is not finite")));
+            let bin_sums = document.bin_sums.clone();
+            if let Some(bin_sums) = &bin_sums {
+                if bin_sums.len() != bin_counts.len() {
+                    return Err(fail(format!("bin_sums has {} entries, expected {} (one per bin)", bin_sums.len(), bin_counts.len())));
+                }
+                if let Some(bad) = bin_sums.iter().position(|sum| !sum.is_finite()) {
+                    return Err(fail(format!("bin_sums[{bad}] is not finite")));
+                }
             }
             let Some(MomentsDocument::One(moments)) = document.moments.clone() else {
                 return Err(fail("numeric feature needs `moments` as one object".into()));
@@ -956,6 +960,7 @@ mod tests {
             "`x0`: bin_counts has 21 entries, expected 20",
         );
         check(json, |doc| doc["features"][0]["bin_counts"][0] = 0.into(), "`x0`: bin_counts sum to Some(");
+        check(json, |doc| doc["features"][0]["bin_sums"].as_array_mut().unwrap().truncate(3), "`x0`: bin_sums has 3 entries, expected 20");
         check(json, |doc| doc["features"][0]["moments"]["count"] = 7.into(), "`x0`: bin_counts sum to Some(1000) but moments.count is 7");
         check(json, |doc| doc["features"][0]["moments"]["variance"] = (-1.0).into(), "`x0`: moments: variance is negative");
         check(json, |doc| doc["features"][0]["moments"]["min"] = 1e9.into(), "`x0`: moments: min is greater than max");
@@ -973,6 +978,16 @@ mod tests {
         check(json, |doc| doc["features"][3].as_object_mut().unwrap().remove("axis").map(drop).unwrap_or(()), "`pixels`: missing `axis`");
         check(json, |doc| doc["features"][3]["moments"] = serde_json::json!([]), "`pixels`: channels needs 1..=");
         check(json, |doc| doc["features"][3]["moments"][0]["mean"] = "x".into(), "`pixels`: data did not match any variant");
+    }
+
+    #[test]
+    fn bin_sums_are_optional() {
+        let mut document: serde_json::Value = serde_json::from_slice(&sample_profile().to_json()).unwrap();
+        document["features"][0].as_object_mut().unwrap().remove("bin_sums");
+        let profile = Profile::from_json(&serde_json::to_vec(&document).unwrap()).unwrap();
+        let Reference::Numeric(x0) = &profile.features()[0].reference else { panic!("x0 is numeric") };
+        assert_eq!(x0.bin_sums, None);
+        assert!(!String::from_utf8(profile.to_json()).unwrap().contains("\"bin_sums\": null"));
     }
 
     #[test]

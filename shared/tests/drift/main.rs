@@ -253,3 +253,20 @@ fn channel_mean_shift_is_reported_in_reference_standard_deviations() {
     assert!((0.6..1.0).contains(&shift), "mean shift {shift}");
     assert!(drift.drifted && !drift.counted && !report.dataset_drifted);
 }
+
+/// A hand-written or older profile without `bin_sums` still gets Wasserstein (calibrated on
+/// counts only) within the same bound.
+#[test]
+fn wasserstein_without_reference_bin_sums_stays_accurate() {
+    let mut data_gen = DataGen::new(5);
+    let reference = data_gen.column(Shape::LogNormal, 0.0, 50_000);
+    let current = data_gen.column(Shape::LogNormal, 0.3, 20_000);
+    let built = build_profile(&[numeric_spec("x", 0, None)], std::slice::from_ref(&reference));
+    let mut document = built.to_document();
+    document.features[0].bin_sums = None;
+    let profile = Profile::from_document(document).expect("a profile without bin_sums is valid");
+    let (merged, _) = merged_window(&profile, std::slice::from_ref(&current), 4);
+    let drift = evaluate(&profile, &merged, profile.thresholds()).features.remove(0);
+    let exact = exact_wasserstein(&reference, &current) / population_std(&reference);
+    assert!((drift.wasserstein.expect("samples") - exact).abs() <= 0.035, "{:?} vs {exact}", drift.wasserstein);
+}
