@@ -482,19 +482,6 @@ pub fn bundle_inspect(path: &Path) -> anyhow::Result<serde_json::Value> {
     }))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn references_split_into_version_or_alias() {
-        assert_eq!(parse_reference("m@3").unwrap(), ("m".into(), Some(3), None));
-        assert_eq!(parse_reference("m@champion").unwrap(), ("m".into(), None, Some("champion".into())));
-        assert!(parse_reference("m").is_err());
-        assert!(parse_reference("@1").is_err());
-    }
-}
-
 /// What `fleetml profile build` reads from a CSV.
 pub struct ProfileBuildArgs<'a> {
     pub csv: &'a Path,
@@ -605,4 +592,17 @@ pub fn profile_build(args: &ProfileBuildArgs<'_>) -> anyhow::Result<fleetml_shar
     }));
     let data: Vec<&[f64]> = values.iter().map(Vec::as_slice).collect();
     Ok(Profile::build(&specs, &data, &args.options)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn references_split_into_version_or_alias() {
+        assert_eq!(parse_reference("m@3").unwrap(), ("m".into(), Some(3), None));
+        assert_eq!(parse_reference("m@champion").unwrap(), ("m".into(), None, Some("champion".into())));
+        assert!(parse_reference("m").is_err());
+        assert!(parse_reference("@1").is_err());
+    }
 }

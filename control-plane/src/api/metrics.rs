@@ -43,7 +43,7 @@ pub async fn drift_gauges(core: &PlaneCore) -> Result<Vec<DriftGauge>, ApiError>
     let mut gauges = Vec::new();
     for ((model, version), report) in core.drift_latest.all() {
         for feature in &report.features {
-            let Some(value) = feature.value else { continue };
+            let (Some(value), Some(threshold)) = (feature.value, feature.threshold) else { continue };
             gauges.push(DriftGauge {
                 model: model.clone(),
                 version,
@@ -53,7 +53,7 @@ pub async fn drift_gauges(core: &PlaneCore) -> Result<Vec<DriftGauge>, ApiError>
                     .and_then(|metric| metric.as_str().map(str::to_string))
                     .unwrap_or_default(),
                 value,
-                threshold: feature.threshold,
+                threshold,
                 drifted: feature.drifted,
             });
         }

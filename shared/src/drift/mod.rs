@@ -21,6 +21,9 @@ pub mod window;
 
 mod kll_view;
 
+/// The KLL sketch of every numeric feature: f32 items, Apache DataSketches compact format.
+pub type FloatKll = datasketches::kll::KllSketch<datasketches::kll::KllFloat<f32>>;
+
 /// Every way building, loading or merging drift data can fail. Messages name the feature (or
 /// column) and what is wrong, since they end up in front of whoever wrote the profile.
 #[derive(Debug, Error)]

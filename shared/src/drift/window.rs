@@ -9,9 +9,8 @@ use datasketches::frequencies::FrequentItemsSketch;
 use datasketches::kll::KllFloat;
 use serde::{Deserialize, Serialize};
 
-use super::kll_view::FloatKll;
 use super::profile::{Profile, Reference, bin_of};
-use super::{DriftError, Side};
+use super::{DriftError, FloatKll, Side};
 
 /// Map size of the frequent-items sketch of out-of-vocabulary codes: it tracks about the 24
 /// heaviest unseen codes of a window (0.75 × 32); serialized, at most ~530 bytes.
@@ -47,6 +46,8 @@ pub enum FeatureSummary {
         kll: Vec<u8>,
         /// Exact counts in the profile's bins.
         bin_counts: Vec<u64>,
+        /// Sum of the values in each bin.
+        bin_sums: Vec<f64>,
         moments: Moments,
         nulls: u64,
     },
@@ -93,7 +94,7 @@ pub struct MergedWindow {
 /// The merged state of one feature.
 #[derive(Clone, Debug)]
 pub enum MergedFeature {
-    Numeric { kll: FloatKll, bin_counts: Vec<u64>, moments: Moments, nulls: u64 },
+    Numeric { kll: FloatKll, bin_counts: Vec<u64>, bin_sums: Vec<f64>, moments: Moments, nulls: u64 },
     Categorical { counts: Vec<u64>, other: u64, other_items: FrequentItemsSketch<i64>, nulls: u64 },
     Channels { moments: Vec<Moments> },
 }
@@ -107,9 +108,16 @@ struct TensorBinding {
 }
 
 enum FeatureState {
-    Numeric { index: usize, kll: FloatKll, bin_edges: Vec<f64>, bin_counts: Vec<u64>, moments: MomentsAccumulator, nulls: u64 },
+    Numeric { index: usize, kll: FloatKll, bin_edges: Vec<f64>, bins: Vec<BinTally>, moments: MomentsAccumulator, nulls: u64 },
     Categorical { index: usize, vocabulary: Vocabulary, counts: Vec<u64>, other: u64, other_items: FrequentItemsSketch<i64>, nulls: u64 },
     Channels { axis: usize, moments: Vec<MomentsAccumulator> },
+}
+
+/// Count and sum of one bin, kept together so one observation touches one cache line.
+#[derive(Clone, Copy, Debug, Default)]
+struct BinTally {
+    count: u64,
+    sum: f64,
 }
 
 enum Vocabulary {
@@ -238,7 +246,7 @@ impl WindowAccumulator {
                     index: numeric.index,
                     kll: new_kll(profile.kll_k()),
                     bin_edges: numeric.bin_edges.clone(),
-                    bin_counts: vec![0; numeric.bin_counts.len()],
+                    bins: vec![BinTally::default(); numeric.bin_counts.len()],
                     moments: MomentsAccumulator::EMPTY,
                     nulls: 0,
                 },
@@ -260,7 +268,7 @@ impl WindowAccumulator {
 
     /// Observes a `[batch, row_len]` row-major tensor (a rank-1 tensor is one row).
     pub fn observe(&mut self, side: Side, tensor: &str, values: TensorValues<'_>, row_len: usize) -> Result<(), DriftError> {
-        if row_len == 0 || values.len() % row_len != 0 {
+        if row_len == 0 || !values.len().is_multiple_of(row_len) {
             return Err(DriftError::Observe {
                 tensor: tensor.to_owned(),
                 reason: format!("{} values do not make rows of {row_len}", values.len()),
@@ -299,15 +307,15 @@ impl WindowAccumulator {
         binding.rows += n_rows as u64;
         for &feature_idx in &binding.feature_idxs {
             match &mut self.features[feature_idx] {
-                FeatureState::Numeric { index, kll, bin_edges, bin_counts, moments, nulls } => match values {
+                FeatureState::Numeric { index, kll, bin_edges, bins, moments, nulls } => match values {
                     TensorValues::F32(data) => {
                         for row in data.chunks_exact(row_len) {
-                            observe_numeric(row[*index], kll, bin_edges, bin_counts, moments, nulls);
+                            observe_numeric(row[*index], kll, bin_edges, bins, moments, nulls);
                         }
                     }
                     TensorValues::I64(data) => {
                         for row in data.chunks_exact(row_len) {
-                            observe_numeric(row[*index] as f32, kll, bin_edges, bin_counts, moments, nulls);
+                            observe_numeric(row[*index] as f32, kll, bin_edges, bins, moments, nulls);
                         }
                     }
                 },
@@ -391,15 +399,16 @@ impl WindowAccumulator {
             .features
             .iter_mut()
             .map(|state| match state {
-                FeatureState::Numeric { kll, bin_counts, moments, nulls, .. } => {
+                FeatureState::Numeric { kll, bins, moments, nulls, .. } => {
                     let summary = FeatureSummary::Numeric {
                         kll: kll.serialize(),
-                        bin_counts: bin_counts.clone(),
+                        bin_counts: bins.iter().map(|bin| bin.count).collect(),
+                        bin_sums: bins.iter().map(|bin| bin.sum).collect(),
                         moments: moments.to_moments(),
                         nulls: *nulls,
                     };
                     *kll = new_kll(kll_k);
-                    bin_counts.iter_mut().for_each(|count| *count = 0);
+                    bins.iter_mut().for_each(|bin| *bin = BinTally::default());
                     *moments = MomentsAccumulator::EMPTY;
                     *nulls = 0;
                     summary
@@ -433,17 +442,21 @@ fn observe_numeric(
     value: f32,
     kll: &mut FloatKll,
     bin_edges: &[f64],
-    bin_counts: &mut [u64],
+    bins: &mut [BinTally],
     moments: &mut MomentsAccumulator,
     nulls: &mut u64,
 ) {
-    let Ok(item) = KllFloat::<f32>::new(value) else {
+    // NaN and ±inf are nulls: a single infinity would make the moments useless.
+    if !value.is_finite() {
         *nulls += 1;
         return;
-    };
+    }
+    let Ok(item) = KllFloat::<f32>::new(value) else { return };
     kll.update(item);
     let value = value as f64;
-    bin_counts[bin_of(bin_edges, value)] += 1;
+    let bin = &mut bins[bin_of(bin_edges, value)];
+    bin.count += 1;
+    bin.sum += value;
     moments.push(value);
 }
 
@@ -466,6 +479,7 @@ impl MergedWindow {
                 Reference::Numeric(numeric) => MergedFeature::Numeric {
                     kll: new_kll(profile.kll_k()),
                     bin_counts: vec![0; numeric.bin_counts.len()],
+                    bin_sums: vec![0.0; numeric.bin_counts.len()],
                     moments: Moments::default(),
                     nulls: 0,
                 },
@@ -499,14 +513,21 @@ impl MergedWindow {
         }
         for (merged, decoded) in self.features.iter_mut().zip(decoded) {
             match (merged, decoded) {
-                (MergedFeature::Numeric { kll, bin_counts, moments, nulls }, Decoded::Numeric { kll: window_kll, summary }) => {
-                    let FeatureSummary::Numeric { bin_counts: window_counts, moments: window_moments, nulls: window_nulls, .. } = summary
+                (MergedFeature::Numeric { kll, bin_counts, bin_sums, moments, nulls }, Decoded::Numeric { kll: window_kll, summary }) => {
+                    let FeatureSummary::Numeric {
+                        bin_counts: window_counts,
+                        bin_sums: window_sums,
+                        moments: window_moments,
+                        nulls: window_nulls,
+                        ..
+                    } = summary
                     else {
                         continue;
                     };
                     // Cannot fail: same m (checked by deserialize) and the weight sum was checked.
                     kll.merge(&window_kll).map_err(|error| DriftError::Window(format!("kll merge: {error}")))?;
                     add_counts(bin_counts, window_counts);
+                    bin_sums.iter_mut().zip(window_sums).for_each(|(merged, window)| *merged += window);
                     *moments = moments.merge(window_moments);
                     *nulls += window_nulls;
                 }
@@ -529,6 +550,8 @@ impl MergedWindow {
                         *merged = merged.merge(window_moments);
                     }
                 }
+                // Invariant: decode_summary only returns a Decoded of the merged feature's own
+                // kind for a summary of that kind, so no other pairing reaches this loop.
                 _ => {}
             }
         }
@@ -567,11 +590,20 @@ enum Decoded<'a> {
 fn decode_summary<'a>(merged: &MergedFeature, summary: &'a FeatureSummary, kll_k: u16, samples: u64) -> Result<Decoded<'a>, String> {
     match (merged, summary) {
         (
-            MergedFeature::Numeric { kll, bin_counts, moments, nulls },
-            FeatureSummary::Numeric { kll: kll_bytes, bin_counts: window_counts, moments: window_moments, nulls: window_nulls },
+            MergedFeature::Numeric { kll, bin_counts, moments, nulls, .. },
+            FeatureSummary::Numeric {
+                kll: kll_bytes,
+                bin_counts: window_counts,
+                bin_sums: window_sums,
+                moments: window_moments,
+                nulls: window_nulls,
+            },
         ) => {
             if window_counts.len() != bin_counts.len() {
                 return Err(format!("{} bin counts, the profile has {} bins", window_counts.len(), bin_counts.len()));
+            }
+            if window_sums.len() != bin_counts.len() || window_sums.iter().any(|sum| !sum.is_finite()) {
+                return Err(format!("bin sums must be {} finite numbers", bin_counts.len()));
             }
             let window_kll = FloatKll::deserialize(kll_bytes).map_err(|error| format!("kll is not a KLL float sketch: {error}"))?;
             if window_kll.k() != kll_k {
@@ -600,6 +632,12 @@ fn decode_summary<'a>(merged: &MergedFeature, summary: &'a FeatureSummary, kll_k
         ) => {
             if window_counts.len() != counts.len() {
                 return Err(format!("{} category counts, the profile has {} categories", window_counts.len(), counts.len()));
+            }
+            // The crate allocates 2^lg_cur_map_size slots up front, up to 2^30, and checks that
+            // lg_cur <= lg_max (header byte 3): refuse maps larger than the devices' first.
+            let lg_max_map_size = items_bytes.get(3).copied().unwrap_or(0);
+            if lg_max_map_size > OTHER_ITEMS_MAP_SIZE.trailing_zeros() as u8 {
+                return Err(format!("other_items map size 2^{lg_max_map_size} exceeds {OTHER_ITEMS_MAP_SIZE}"));
             }
             let window_items = FrequentItemsSketch::<i64>::deserialize(items_bytes)
                 .map_err(|error| format!("other_items is not a frequent-items sketch: {error}"))?;
@@ -740,7 +778,7 @@ mod tests {
         accumulator.observe(Side::Input, "not-monitored", TensorValues::F32(&rows), 2).unwrap();
         let window = accumulator.take(5, 6).unwrap();
         assert_eq!(window.samples, 4);
-        let FeatureSummary::Numeric { kll, bin_counts, moments, nulls } = &window.features[0] else { panic!("numeric") };
+        let FeatureSummary::Numeric { kll, bin_counts, moments, nulls, .. } = &window.features[0] else { panic!("numeric") };
         assert_eq!((moments.count, *nulls, bin_counts.iter().sum::<u64>()), (3, 1, 3));
         assert_eq!(FloatKll::deserialize(kll).unwrap().n(), 3);
         assert_eq!((moments.min, moments.max), (1.0, 60.0));
@@ -796,7 +834,8 @@ mod tests {
         let mut merged = MergedWindow::new(&profile);
         merged.merge(&good).unwrap();
         let before = format!("{merged:?}");
-        let cases: Vec<(&str, Box<dyn Fn(&mut DriftWindow)>)> = vec![
+        type Corruption = Box<dyn Fn(&mut DriftWindow)>;
+        let cases: Vec<(&str, Corruption)> = vec![
             ("3 features, the profile has 4", Box::new(|window| drop(window.features.pop()))),
             ("starts at 5 after it ends at 1", Box::new(|window| (window.started_at_ms, window.ended_at_ms) = (5, 1))),
             ("sample count overflows", Box::new(|window| window.samples = u64::MAX)),
@@ -806,6 +845,14 @@ mod tests {
                 Box::new(|window| {
                     if let FeatureSummary::Numeric { bin_counts, .. } = &mut window.features[0] {
                         bin_counts.truncate(2)
+                    }
+                }),
+            ),
+            (
+                "feature `x`: bin sums must be",
+                Box::new(|window| {
+                    if let FeatureSummary::Numeric { bin_sums, .. } = &mut window.features[0] {
+                        bin_sums[0] = f64::INFINITY
                     }
                 }),
             ),
