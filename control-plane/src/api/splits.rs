@@ -46,6 +46,79 @@ pub struct VariantView {
     pub error_rate: Option<f64>,
     pub latency_p50_us: Option<f64>,
     pub latency_p95_us: Option<f64>,
+    /// The variant's outputs on its devices since the split started, from the drift windows
+    /// (present when the version's bundle carries a reference profile with output features).
+    #[serde(default)]
+    pub outputs: Vec<OutputDistribution>,
+}
+
+/// One model output's distribution over a variant's traffic.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutputDistribution {
+    pub name: String,
+    pub samples: u64,
+    /// Categorical outputs: share per class (the profile's vocabulary), and outside it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<(i64, f64)>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_share: Option<f64>,
+    /// Numeric outputs (scores): mean, standard deviation and quartiles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std_dev: Option<f64>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quartiles: Vec<f64>,
+}
+
+/// The output features of a version's drift windows from `devices` since `since_ms`.
+async fn output_distribution(
+    core: &PlaneCore,
+    model: &str,
+    version: i64,
+    devices: BTreeSet<String>,
+    since_ms: i64,
+) -> Vec<OutputDistribution> {
+    use fleetml_shared::drift::Side;
+    use fleetml_shared::drift::profile::Reference;
+    use fleetml_shared::drift::window::MergedFeature;
+    let Ok(profile) = crate::drift::load_profile(core, model, version).await else { return Vec::new() };
+    let slice = crate::drift::DriftSlice { cohort: None, devices: Some(devices), since_ms, until_ms: i64::MAX };
+    let Ok(windows) = crate::drift::slice_windows(core, model, version, &slice).await else { return Vec::new() };
+    let (merged, _) = crate::drift::merge(&profile, windows.windows.iter().map(|(_, window)| window));
+    let mut outputs = Vec::new();
+    for (feature, merged_feature) in profile.features().iter().zip(merged.features()) {
+        if feature.side != Side::Output {
+            continue;
+        }
+        let mut distribution = OutputDistribution { name: feature.name.clone(), ..OutputDistribution::default() };
+        match (&feature.reference, merged_feature) {
+            (Reference::Categorical(reference), MergedFeature::Categorical { counts, other, .. }) => {
+                let total: u64 = counts.iter().sum::<u64>() + other;
+                distribution.samples = total;
+                if total > 0 {
+                    distribution.classes =
+                        reference.vocabulary.iter().zip(counts).map(|(code, count)| (*code, *count as f64 / total as f64)).collect();
+                    distribution.other_share = Some(*other as f64 / total as f64);
+                }
+            }
+            (Reference::Numeric(_), MergedFeature::Numeric { kll, moments, .. }) => {
+                distribution.samples = moments.count;
+                if moments.count > 0 {
+                    distribution.mean = Some(moments.mean);
+                    distribution.std_dev = Some(moments.std_dev());
+                    distribution.quartiles = [0.25, 0.5, 0.75]
+                        .iter()
+                        .filter_map(|rank| kll.quantile(*rank, datasketches::common::SearchCriteria::Inclusive).ok().flatten())
+                        .map(|value| f64::from(value.into_inner()))
+                        .collect();
+                }
+            }
+            _ => continue,
+        }
+        outputs.push(distribution);
+    }
+    outputs
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -95,7 +168,16 @@ async fn view(core: &PlaneCore, split: &SplitRecord) -> Result<SplitView, ApiErr
             errors += window.errors;
             latency.merge(&window.latency_us);
         }
+        let outputs = output_distribution(
+            core,
+            &split.model,
+            variant.version,
+            member_ids.iter().map(|id| id.to_string()).collect(),
+            split.created_ms,
+        )
+        .await;
         views.push(VariantView {
+            outputs,
             version: variant.version,
             weight: variant.weight,
             devices: member_ids.iter().map(|id| id.to_string()).collect(),
@@ -254,6 +336,7 @@ mod tests {
             error_rate,
             latency_p50_us: None,
             latency_p95_us,
+            outputs: Vec::new(),
         }
     }
 

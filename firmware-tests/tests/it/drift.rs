@@ -399,3 +399,52 @@ async fn a_drift_score_gate_stops_a_rollout_whose_canary_sees_drifted_inputs() {
     assert!(failed["detail"].as_str().unwrap().contains("drift_score"), "{failed}");
     plane.wait_active(&canary, "classifier", v1).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ab_split_reports_each_variants_output_distribution() {
+    let dir = test_dir();
+    let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
+    let sim = Sim::start(&plane, 6, "abd-", &["--label", "fleet=abd", "--drift-window-seconds", "0.5"]).await;
+    plane.wait_online(6).await;
+    let (onnx, profile, features) = model_and_profile();
+    let v1 = push_with_profile(&plane, onnx.clone(), profile.clone()).await;
+    let v2 = push_with_profile(&plane, onnx, profile).await;
+    let body = json!({ "model": "classifier", "selector": "fleet=abd", "variants": [{ "version": v1, "weight": 0.5 }, { "version": v2, "weight": 0.5 }] });
+    let (status, split) = plane.post("/api/v1/splits", &body).await;
+    assert_eq!(status, 201, "{split}");
+    let id = split["id"].as_i64().unwrap();
+    let members: Vec<Vec<String>> =
+        split["variants"].as_array().unwrap().iter().map(|variant| serde_json::from_value(variant["devices"].clone()).unwrap()).collect();
+    for (variant_members, version) in members.iter().zip([v1, v2]) {
+        plane.wait_all_active(variant_members, "classifier", version, TIMEOUT).await;
+    }
+    let client = reqwest::Client::new();
+    for device_id in &sim.device_ids {
+        let url = format!("{}/devices/{device_id}/v2/models/classifier/infer", sim.api);
+        let response = client.post(url).json(&rows_request(&features[..300])).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    let view = wait_for("per-variant output distributions", TIMEOUT, || async {
+        let view = plane.get(&format!("/api/v1/splits/{id}")).await.1;
+        let variants = view["variants"].as_array()?.clone();
+        variants
+            .iter()
+            .zip(&members)
+            .all(|(variant, variant_members)| {
+                variant_members.is_empty() || variant["outputs"][0]["samples"].as_u64() == Some(300 * variant_members.len() as u64)
+            })
+            .then_some(view)
+    })
+    .await;
+    for (variant, variant_members) in view["variants"].as_array().unwrap().iter().zip(&members) {
+        if variant_members.is_empty() {
+            continue;
+        }
+        let label = &variant["outputs"][0];
+        assert_eq!(label["name"], "label", "{variant}");
+        let total: f64 = label["classes"].as_array().unwrap().iter().map(|class| class[1].as_f64().unwrap()).sum::<f64>()
+            + label["other_share"].as_f64().unwrap();
+        assert!((total - 1.0).abs() < 1e-9, "{label}");
+        assert_eq!(label["classes"].as_array().unwrap().len(), 3, "{label}");
+    }
+}
