@@ -39,6 +39,27 @@ macro_rules! row_to_split {
     }};
 }
 
+/// Adds rollout members in a transaction; a device already in the rollout is left as it is.
+macro_rules! insert_members {
+    ($transaction:ident, $id:expr, $devices:expr) => {
+        for device in $devices {
+            sqlx::query(
+                "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, reason, from_version, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (rollout_id, device_id) DO NOTHING",
+            )
+            .bind($id)
+            .bind(&device.device_id)
+            .bind(device.wave)
+            .bind(&device.state)
+            .bind(&device.reason)
+            .bind(device.from_version)
+            .bind(device.updated_ms)
+            .execute(&mut *$transaction)
+            .await?;
+        }
+    };
+}
+
 macro_rules! impl_rollout_store {
     ($store:ty) => {
         #[async_trait]
@@ -60,21 +81,7 @@ macro_rules! impl_rollout_store {
                 .fetch_one(&mut *transaction)
                 .await?;
                 let id: i64 = row.try_get("id")?;
-                for device in devices {
-                    sqlx::query(
-                        "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, reason, from_version, updated_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    )
-                    .bind(id)
-                    .bind(&device.device_id)
-                    .bind(device.wave)
-                    .bind(&device.state)
-                    .bind(&device.reason)
-                    .bind(device.from_version)
-                    .bind(device.updated_ms)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
+                insert_members!(transaction, id, devices);
                 transaction.commit().await?;
                 Ok(id)
             }
@@ -188,21 +195,7 @@ macro_rules! impl_rollout_store {
 
             async fn add_rollout_devices(&self, id: i64, devices: &[RolloutDeviceRecord]) -> StoreResult<()> {
                 let mut transaction = self.write_transaction().await?;
-                for device in devices {
-                    sqlx::query(
-                        "INSERT INTO rollout_devices (rollout_id, device_id, wave, state, reason, from_version, updated_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (rollout_id, device_id) DO NOTHING",
-                    )
-                    .bind(id)
-                    .bind(&device.device_id)
-                    .bind(device.wave)
-                    .bind(&device.state)
-                    .bind(&device.reason)
-                    .bind(device.from_version)
-                    .bind(device.updated_ms)
-                    .execute(&mut *transaction)
-                    .await?;
-                }
+                insert_members!(transaction, id, devices);
                 transaction.commit().await?;
                 Ok(())
             }
