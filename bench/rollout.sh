@@ -37,7 +37,7 @@
 #   SOURCE=worktree builds the work tree as it is)  COMMIT=HEAD  BENCH_SRC_DIR=/var/tmp/fleetml-bench-src
 #   NOFILE=20000 (`ulimit -n` for the plane and the sim; must not exceed `ulimit -Hn`)
 #   MQTT_MAX_CONNECTIONS=20000 (`fleetml serve --mqtt-max-connections`)
-#   CONNECT_RATE=500 (`fleetml-agent sim --connect-rate`: agents started per second; 0: all at once)
+#   CONNECT_RATE=0 (`fleetml-agent sim --connect-rate`: agents started per second; 0: all at once)
 #   ONLINE_TIMEOUT=900 ROLLOUT_TIMEOUT=1800 (seconds)
 #   KEEP_WORK=1 keeps the temporary folder (logs of every process) after the run.
 # The binaries are copied into the temporary folder before anything runs (the target folder may
@@ -55,7 +55,7 @@ COUNTS=${COUNTS:-"1000 10000"}
 RUNS=${RUNS:-3}
 NOFILE=${NOFILE:-20000}
 MQTT_MAX_CONNECTIONS=${MQTT_MAX_CONNECTIONS:-20000}
-CONNECT_RATE=${CONNECT_RATE:-500}
+CONNECT_RATE=${CONNECT_RATE:-0}
 ONLINE_TIMEOUT=${ONLINE_TIMEOUT:-900}
 ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-1800}
 MODEL=bench
@@ -296,7 +296,8 @@ start_plane() {
 # gauge of /metrics, cheaper to poll than the device list), then checks the list: N online
 # devices labelled fleet=bench.
 wait_online() {
-    local n=$1 seconds=$2 online=0 deadline=$((SECONDS + seconds))
+    local n=$1 seconds=$2 online=0 deadline
+    deadline=$((SECONDS + seconds))
     while ((SECONDS < deadline)); do
         online=$(curl -sf "${API%/api/v1}/metrics" | awk '$1 == "fleetml_devices_online" {print $2}' || true)
         if [[ ${online:-0} == "$n" ]]; then
