@@ -36,7 +36,10 @@
 #   COMMIT in BENCH_SRC_DIR, so uncommitted edits in the work tree are not measured;
 #   SOURCE=worktree builds the work tree as it is)  COMMIT=HEAD  BENCH_SRC_DIR=/var/tmp/fleetml-bench-src
 #   NOFILE=20000 (`ulimit -n` for the plane and the sim; must not exceed `ulimit -Hn`)
-#   MQTT_MAX_CONNECTIONS=20000 (`fleetml serve --mqtt-max-connections`)
+#   BROKER=embedded (the plane's rumqttd) or mosquitto (a private `mosquitto` 2 started by this
+#   script under the same open-file limit, `max_connections -1`, no persistence; the plane gets
+#   `--mqtt-url`)
+#   MQTT_MAX_CONNECTIONS=20000 (`fleetml serve --mqtt-max-connections`, embedded broker only)
 #   CONNECT_RATE=0 (`fleetml-agent sim --connect-rate`: agents started per second; 0: all at once)
 #   ONLINE_TIMEOUT=900 ROLLOUT_TIMEOUT=1800 (seconds)
 #   KEEP_WORK=1 keeps the temporary folder (logs of every process) after the run.
@@ -55,6 +58,7 @@ COUNTS=${COUNTS:-"1000 10000"}
 RUNS=${RUNS:-3}
 NOFILE=${NOFILE:-20000}
 MQTT_MAX_CONNECTIONS=${MQTT_MAX_CONNECTIONS:-20000}
+BROKER=${BROKER:-embedded}
 CONNECT_RATE=${CONNECT_RATE:-0}
 ONLINE_TIMEOUT=${ONLINE_TIMEOUT:-900}
 ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-1800}
@@ -216,7 +220,11 @@ machine_info() {
         die "NOFILE=$NOFILE exceeds the hard limit $hard"
     fi
     log "kernel: fs.file-max $(cat /proc/sys/fs/file-max), fs.nr_open $(cat /proc/sys/fs/nr_open), net.core.somaxconn $(cat /proc/sys/net/core/somaxconn), net.ipv4.tcp_max_syn_backlog $(cat /proc/sys/net/ipv4/tcp_max_syn_backlog), net.ipv4.ip_local_port_range $(tr '\t' '-' </proc/sys/net/ipv4/ip_local_port_range)"
-    log "broker: embedded rumqttd, \`fleetml serve --mqtt-max-connections $MQTT_MAX_CONNECTIONS\` (its other settings are printed by the plane below)"
+    if [[ $BROKER == embedded ]]; then
+        log "broker: embedded rumqttd, \`fleetml serve --mqtt-max-connections $MQTT_MAX_CONNECTIONS\` (its other settings are printed by the plane below)"
+    else
+        log "broker: $(mosquitto -h 2>&1 | head -n 1), started per run with the configuration printed below; the plane uses --mqtt-url"
+    fi
     log "sim: \`fleetml-agent sim --connect-rate $CONNECT_RATE\` (agents started per second; 0 = all at once)"
 }
 
@@ -284,8 +292,32 @@ start_plane() {
     TOKEN=bench-$(od -An -N12 -tx1 /dev/urandom | tr -d ' \n')
     MQTT_URL=mqtt://127.0.0.1:$MQTT_PORT
     API=http://127.0.0.1:$http_port/api/v1
-    start_bg plane "$FLEETML" serve --data-dir "$run_dir/plane" --http "127.0.0.1:$http_port" \
-        --mqtt-listen "127.0.0.1:$MQTT_PORT" --mqtt-max-connections "$MQTT_MAX_CONNECTIONS" \
+    local broker_args
+    if [[ $BROKER == embedded ]]; then
+        broker_args=(--mqtt-listen "127.0.0.1:$MQTT_PORT" --mqtt-max-connections "$MQTT_MAX_CONNECTIONS")
+    else
+        # deploy/mosquitto/mosquitto.conf without persistence, on a free local port.
+        cat >"$run_dir/mosquitto.conf" <<EOF
+listener $MQTT_PORT 127.0.0.1
+allow_anonymous true
+message_size_limit 0
+persistence false
+max_inflight_messages 100
+max_queued_messages 10000
+max_queued_bytes 0
+max_connections -1
+log_type error
+log_type warning
+EOF
+        start_bg mosquitto mosquitto -c "$run_dir/mosquitto.conf"
+        for _ in $(seq 100); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$MQTT_PORT") 2>/dev/null && break
+            sleep 0.1
+        done
+        log "mosquitto (pid ${PID_OF[mosquitto]}) on 127.0.0.1:$MQTT_PORT: $(grep -v '^log_type' "$run_dir/mosquitto.conf" | tail -n +2 | tr '\n' ';' | sed 's/;$//; s/;/; /g')"
+        broker_args=(--mqtt-url "$MQTT_URL")
+    fi
+    start_bg plane "$FLEETML" serve --data-dir "$run_dir/plane" --http "127.0.0.1:$http_port" "${broker_args[@]}" \
         --admin-token "$TOKEN" --signing-key "$run_dir/keys/signing.key"
     line=$(wait_line plane 'fleetml control plane: API http://' 60)
     log "plane (pid ${PID_OF[plane]}): $line"
@@ -342,6 +374,7 @@ one_run() {
     sleep 2
     budget_line "BUDGET N=$n run $run plane (idle)" "${PID_OF[plane]}"
     budget_line "BUDGET N=$n run $run sim (idle)" "${PID_OF[sim]}"
+    [[ $BROKER == embedded ]] || budget_line "BUDGET N=$n run $run mosquitto (idle)" "${PID_OF[mosquitto]}"
 
     local version
     version=$(FLEETML_SERVER=${API%/api/v1} FLEETML_TOKEN=$TOKEN "$FLEETML" model push "$MODEL" "$MODEL_ONNX" --description "rollout bench" 2>"$run_dir/push.err") ||
@@ -374,6 +407,7 @@ one_run() {
     api /devices >"$run_dir/devices-after.json"
     budget_line "BUDGET N=$n run $run plane (after)" "${PID_OF[plane]}"
     budget_line "BUDGET N=$n run $run sim (after)" "${PID_OF[sim]}"
+    [[ $BROKER == embedded ]] || budget_line "BUDGET N=$n run $run mosquitto (after)" "${PID_OF[mosquitto]}"
 
     local healthy started completed
     healthy=$(jq '.devices_by_state.healthy // 0' "$run_dir/rollout.json")
@@ -410,12 +444,14 @@ one_run() {
     log "ANCHOR N=$n run $run: AWS IoT Jobs at its ceiling of $AWS_DEVICES_PER_MINUTE devices/min: $(fmt_s "$aws_ms") s; ours $(fmt_s "$ROLLOUT_MS") s; $(awk -v a="$aws_ms" -v b="$ROLLOUT_MS" 'BEGIN {printf "%.1f", a / b}')x faster ($(awk -v n="$n" -v ms="$ROLLOUT_MS" 'BEGIN {printf "%.0f", n / (ms / 60000)}') devices/min)"
     stop_bg sim
     stop_bg plane
+    stop_bg mosquitto
     rm -rf "$run_dir/sim"
 }
 
 # ---------------------------------------------------------------------------------------------
 
 main() {
+    [[ $BROKER == embedded || $BROKER == mosquitto ]] || die "BROKER must be embedded or mosquitto"
     for tool in curl jq python3 ss; do
         command -v "$tool" >/dev/null || die "$tool not found"
     done
