@@ -38,7 +38,7 @@
 #   NOFILE=20000 (`ulimit -n` for the plane and the sim; must not exceed `ulimit -Hn`)
 #   BROKER=embedded (the plane's rumqttd) or mosquitto (a private `mosquitto` 2 started by this
 #   script under the same open-file limit, `max_connections -1`, no persistence; the plane gets
-#   `--mqtt-url`; written but not yet run)
+#   `--mqtt-url`)
 #   MQTT_MAX_CONNECTIONS=20000 (`fleetml serve --mqtt-max-connections`, embedded broker only)
 #   CONNECT_RATE=0 (`fleetml-agent sim --connect-rate`: agents started per second; 0: all at once)
 #   ONLINE_TIMEOUT=900 ROLLOUT_TIMEOUT=1800 (seconds)
