@@ -106,6 +106,8 @@ pub struct SimConfig {
     pub testing: TestingConfig,
     /// Only devices matching this selector get `testing.fail_self_test`.
     pub testing_selector: Selector,
+    /// Devices started (and so MQTT connections opened) per second; `None`: all at once.
+    pub connect_rate: Option<f64>,
 }
 
 /// Options common to `run` and `sim`, as given on the command line or in the environment.

@@ -45,6 +45,10 @@ enum Command {
         /// TESTING ONLY: restrict --testing-fail-self-test to devices matching this selector.
         #[arg(long, default_value = "")]
         testing_selector: String,
+        /// Devices started per second, each opening its MQTT connection as it starts, so
+        /// thousands do not reach the broker at once (default 0: all at once).
+        #[arg(long, default_value_t = 0.0)]
+        connect_rate: f64,
         #[command(flatten)]
         common: CommonArgs,
     },
@@ -107,7 +111,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-        Command::Sim { count, id_prefix, first_index, label_cycles, testing_selector, common } => {
+        Command::Sim { count, id_prefix, first_index, label_cycles, testing_selector, connect_rate, common } => {
             let file = match common.config.as_deref().map(FileConfig::read).transpose() {
                 Ok(file) => file.unwrap_or_default(),
                 Err(error) => return usage_error(error),
@@ -116,7 +120,7 @@ fn main() -> ExitCode {
                 Ok(resolved) => resolved,
                 Err(error) => return usage_error(error),
             };
-            let sim_config = match sim_config(count, id_prefix, first_index, &label_cycles, &testing_selector, resolved) {
+            let sim_config = match sim_config(count, id_prefix, first_index, &label_cycles, &testing_selector, connect_rate, resolved) {
                 Ok(sim_config) => sim_config,
                 Err(error) => return usage_error(error),
             };
@@ -149,11 +153,15 @@ fn sim_config(
     first_index: usize,
     label_cycles: &[String],
     testing_selector: &str,
+    connect_rate: f64,
     resolved: config::Resolved,
 ) -> Result<SimConfig, ConfigError> {
     let field_error = |field: &str, reason: String| ConfigError { field: field.into(), reason };
     if count == 0 {
         return Err(field_error("count", "must be at least 1".into()));
+    }
+    if !(connect_rate.is_finite() && connect_rate >= 0.0) {
+        return Err(field_error("connect_rate", format!("{connect_rate}: must be a non-negative number of devices per second")));
     }
     config::check_device_id(&format!("{id_prefix}0")).map_err(|error| field_error("id_prefix", error.reason))?;
     let mut cycles = Vec::new();
@@ -183,6 +191,7 @@ fn sim_config(
         inference_threads: resolved.inference_threads,
         testing: TestingConfig { fail_self_test: resolved.testing.fail_self_test },
         testing_selector,
+        connect_rate: (connect_rate > 0.0).then_some(connect_rate),
     })
 }
 

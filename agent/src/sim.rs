@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -38,7 +39,12 @@ pub async fn start(config: &SimConfig, tracker: &TaskTracker, cancel: &Cancellat
     let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding the local API to {}", config.http))?;
     let api_addr = listener.local_addr()?;
     let mut device_ids = Vec::with_capacity(config.count);
+    let started = tokio::time::Instant::now();
     for device_idx in 0..config.count {
+        if let Some(rate) = config.connect_rate {
+            // Device i starts at i / rate seconds: a steady ramp, whatever each start costs.
+            tokio::time::sleep_until(started + Duration::from_secs_f64(device_idx as f64 / rate)).await;
+        }
         let device_id = device_id(config, device_idx);
         let labels = device_labels(config, device_idx);
         let testing = if config.testing_selector.matches(&labels) { config.testing.clone() } else { TestingConfig::default() };

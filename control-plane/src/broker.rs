@@ -12,20 +12,29 @@ use rumqttd::local::LinkRx;
 use rumqttd::{Broker, Config, ConnectionSettings, Notification, RouterConfig, ServerSettings};
 use tokio::sync::oneshot;
 
-/// Connections the embedded broker accepts (a 10,000-device simulation fits).
-const MAX_CONNECTIONS: usize = 20_000;
+/// Connections the embedded broker accepts by default (a 10,000-device simulation fits
+/// twice). rumqttd sizes its router tables for this many up front, and past it refuses a
+/// new connection by leaving it without a CONNACK (logged as "no space for new connection").
+pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
+/// Unacknowledged QoS 1 publishes the broker keeps in flight per connection.
+const MAX_INFLIGHT_COUNT: usize = 500;
+/// Publishes the router hands a connection per scheduling round.
+const MAX_OUTGOING_PACKET_COUNT: u64 = 200;
+/// Per-topic commit log: segments of this size, at most this many kept (in memory).
+const MAX_SEGMENT_SIZE: usize = 16 * 1024 * 1024;
+const MAX_SEGMENT_COUNT: usize = 8;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct EmbeddedBroker {
     pub address: SocketAddr,
 }
 
-fn broker_config(listen: SocketAddr) -> Config {
+fn broker_config(listen: SocketAddr, max_connections: usize) -> Config {
     let connections = ConnectionSettings {
         connection_timeout_ms: 60_000,
         // Room for the largest message; rumqttd resets connections that exceed it.
         max_payload_size: MAX_MESSAGE_BYTES + 64 * 1024,
-        max_inflight_count: 500,
+        max_inflight_count: MAX_INFLIGHT_COUNT,
         auth: None,
         external_auth: None,
         dynamic_filters: true,
@@ -34,10 +43,10 @@ fn broker_config(listen: SocketAddr) -> Config {
     Config {
         id: 0,
         router: RouterConfig {
-            max_connections: MAX_CONNECTIONS,
-            max_outgoing_packet_count: 200,
-            max_segment_size: 16 * 1024 * 1024,
-            max_segment_count: 8,
+            max_connections,
+            max_outgoing_packet_count: MAX_OUTGOING_PACKET_COUNT,
+            max_segment_size: MAX_SEGMENT_SIZE,
+            max_segment_count: MAX_SEGMENT_COUNT,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
@@ -51,15 +60,16 @@ fn free_port(ip: std::net::IpAddr) -> anyhow::Result<u16> {
     Ok(TcpListener::bind((ip, 0)).context("looking for a free port")?.local_addr()?.port())
 }
 
-/// Starts rumqttd on `listen` (port 0: a free port) and proves that the broker answering
-/// there is this one, by publishing a nonce over TCP and receiving it on an in-process link.
-pub async fn start_embedded(listen: SocketAddr) -> anyhow::Result<EmbeddedBroker> {
+/// Starts rumqttd on `listen` (port 0: a free port), accepting up to `max_connections`, and
+/// proves that the broker answering there is this one, by publishing a nonce over TCP and
+/// receiving it on an in-process link.
+pub async fn start_embedded(listen: SocketAddr, max_connections: usize) -> anyhow::Result<EmbeddedBroker> {
     let pick_free = listen.port() == 0;
     let attempts = if pick_free { 5 } else { 1 };
     let mut last_error = None;
     for _ in 0..attempts {
         let address = if pick_free { SocketAddr::new(listen.ip(), free_port(listen.ip())?) } else { listen };
-        match start_once(address).await {
+        match start_once(address, max_connections).await {
             Ok(broker) => return Ok(broker),
             Err(error) => {
                 tracing::warn!(%address, error = format!("{error:#}"), "embedded broker did not start");
@@ -70,8 +80,8 @@ pub async fn start_embedded(listen: SocketAddr) -> anyhow::Result<EmbeddedBroker
     Err(last_error.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
 }
 
-async fn start_once(address: SocketAddr) -> anyhow::Result<EmbeddedBroker> {
-    let mut broker = Broker::new(broker_config(address));
+async fn start_once(address: SocketAddr, max_connections: usize) -> anyhow::Result<EmbeddedBroker> {
+    let mut broker = Broker::new(broker_config(address, max_connections));
     let nonce = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
     let probe_topic = format!("fleetml-broker-probe/{nonce}");
     let (mut link_tx, link_rx) = broker.link("fleetml-broker-probe").context("opening an in-process link to the broker")?;
@@ -89,7 +99,15 @@ async fn start_once(address: SocketAddr) -> anyhow::Result<EmbeddedBroker> {
         outcome = &mut stopped => bail!("the embedded broker on {address} stopped: {}", outcome.unwrap_or_default()),
         result = tokio::time::timeout(PROBE_TIMEOUT, probe) => match result {
             Ok(Ok(())) => {
-                tracing::info!(%address, "embedded MQTT broker running");
+                tracing::info!(
+                    %address,
+                    max_connections,
+                    max_inflight_count = MAX_INFLIGHT_COUNT,
+                    max_outgoing_packet_count = MAX_OUTGOING_PACKET_COUNT,
+                    max_segment_size = MAX_SEGMENT_SIZE,
+                    max_segment_count = MAX_SEGMENT_COUNT,
+                    "embedded MQTT broker running"
+                );
                 drop(link_tx);
                 Ok(EmbeddedBroker { address })
             }

@@ -8,6 +8,13 @@ use std::time::Duration;
 use fleetml_shared::broker::BrokerAddress;
 use serde::Deserialize;
 
+use crate::broker::DEFAULT_MAX_CONNECTIONS;
+
+/// The plane's own link and the broker's start-up probe take two connections; room for two devices.
+const MIN_MAX_CONNECTIONS: usize = 4;
+/// rumqttd allocates its per-connection tables for the limit up front.
+const MAX_MAX_CONNECTIONS: usize = 1_000_000;
+
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {field}: {reason}")]
 pub struct ConfigError {
@@ -25,6 +32,8 @@ pub enum BrokerConfig {
     /// rumqttd inside the plane, listening here (port 0: any free port).
     Embedded {
         listen: SocketAddr,
+        /// MQTT connections it accepts: devices, the plane's own link, and a spare.
+        max_connections: usize,
     },
     External {
         address: BrokerAddress,
@@ -81,6 +90,10 @@ pub struct ServeArgs {
     /// Where the embedded broker listens (default 127.0.0.1:1883; port 0 picks a free one).
     #[arg(long, env = "FLEETML_MQTT_LISTEN")]
     pub mqtt_listen: Option<SocketAddr>,
+    /// Connections the embedded broker accepts (default 20000); with an open-file limit to
+    /// match (`ulimit -n`: one descriptor per connection).
+    #[arg(long, env = "FLEETML_MQTT_MAX_CONNECTIONS")]
+    pub mqtt_max_connections: Option<usize>,
     /// Topic root shared with the agents.
     #[arg(long, env = "FLEETML_MQTT_TOPIC_ROOT")]
     pub mqtt_topic_root: Option<String>,
@@ -114,6 +127,7 @@ pub struct FileConfig {
     pub database_url: Option<String>,
     pub mqtt_url: Option<String>,
     pub mqtt_listen: Option<SocketAddr>,
+    pub mqtt_max_connections: Option<usize>,
     pub mqtt_topic_root: Option<String>,
     pub http: Option<SocketAddr>,
     pub signing_key: Option<PathBuf>,
@@ -148,12 +162,25 @@ pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<PlaneConfig, Confi
     if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres:") || database_url.starts_with("postgresql:")) {
         return Err(config_error("database_url", format!("`{database_url}`: expected sqlite://PATH or postgres://...")));
     }
+    let max_connections = args.mqtt_max_connections.or(file.mqtt_max_connections);
     let broker = match args.mqtt_url.clone().or_else(|| file.mqtt_url.clone()) {
+        Some(_) if max_connections.is_some() => {
+            return Err(config_error("mqtt_max_connections", "applies to the embedded broker only (set the limit in the external broker)"));
+        }
         Some(url) => BrokerConfig::External { address: BrokerAddress::parse(&url).map_err(|error| config_error("mqtt_url", error))? },
         None => BrokerConfig::Embedded {
             listen: args.mqtt_listen.or(file.mqtt_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883))),
+            max_connections: max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         },
     };
+    if let BrokerConfig::Embedded { max_connections, .. } = broker
+        && !(MIN_MAX_CONNECTIONS..=MAX_MAX_CONNECTIONS).contains(&max_connections)
+    {
+        return Err(config_error(
+            "mqtt_max_connections",
+            format!("{max_connections}: must be between {MIN_MAX_CONNECTIONS} and {MAX_MAX_CONNECTIONS}"),
+        ));
+    }
     let topic_root = args.mqtt_topic_root.clone().or_else(|| file.mqtt_topic_root.clone()).unwrap_or_else(|| "fleetml".into());
     if topic_root.is_empty() || topic_root.contains(['+', '#']) {
         return Err(config_error("mqtt_topic_root", "must be non-empty and contain no MQTT wildcards"));
@@ -214,12 +241,28 @@ mod tests {
     }
 
     #[test]
+    fn the_embedded_broker_limit_comes_from_the_file_unless_a_flag_overrides_it() {
+        let file: FileConfig = toml::from_str("mqtt_max_connections = 30000").unwrap();
+        let from_file = resolve(&ServeArgs::default(), &file).unwrap();
+        assert!(matches!(from_file.broker, BrokerConfig::Embedded { max_connections: 30_000, .. }));
+        let args = ServeArgs { mqtt_max_connections: Some(50_000), ..ServeArgs::default() };
+        assert!(matches!(resolve(&args, &file).unwrap().broker, BrokerConfig::Embedded { max_connections: 50_000, .. }));
+        let defaults = resolve(&ServeArgs::default(), &FileConfig::default()).unwrap();
+        assert!(matches!(defaults.broker, BrokerConfig::Embedded { max_connections: DEFAULT_MAX_CONNECTIONS, .. }));
+    }
+
+    #[test]
     fn invalid_settings_name_their_field() {
         for (args, field) in [
             (ServeArgs { database_url: Some("mysql://x".into()), ..ServeArgs::default() }, "database_url"),
             (ServeArgs { mqtt_url: Some("http://x".into()), ..ServeArgs::default() }, "mqtt_url"),
             (ServeArgs { admin_token: Some("short".into()), ..ServeArgs::default() }, "admin_token"),
             (ServeArgs { mqtt_topic_root: Some("#".into()), ..ServeArgs::default() }, "mqtt_topic_root"),
+            (ServeArgs { mqtt_max_connections: Some(2), ..ServeArgs::default() }, "mqtt_max_connections"),
+            (
+                ServeArgs { mqtt_max_connections: Some(30_000), mqtt_url: Some("mqtt://broker:1883".into()), ..ServeArgs::default() },
+                "mqtt_max_connections",
+            ),
         ] {
             assert_eq!(resolve(&args, &FileConfig::default()).unwrap_err().field, field);
         }

@@ -257,8 +257,8 @@ pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &Cancella
     }
     let admin_token = ensure_admin_token(store.as_ref(), &config).await?;
     let (host, port) = match &config.broker {
-        BrokerConfig::Embedded { listen } => {
-            let embedded = broker::start_embedded(*listen).await?;
+        BrokerConfig::Embedded { listen, max_connections } => {
+            let embedded = broker::start_embedded(*listen, *max_connections).await?;
             (embedded.address.ip().to_string(), embedded.address.port())
         }
         BrokerConfig::External { address } => (address.host.clone(), address.port),

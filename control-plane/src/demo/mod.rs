@@ -43,7 +43,10 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
     let plane_config = PlaneConfig {
         data_dir: data_dir.join("plane"),
         database_url: format!("sqlite://{}", data_dir.join("plane").join("fleetml.db").display()),
-        broker: BrokerConfig::Embedded { listen: SocketAddr::from(([127, 0, 0, 1], 0)) },
+        broker: BrokerConfig::Embedded {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            max_connections: crate::broker::DEFAULT_MAX_CONNECTIONS,
+        },
         topic_root: "fleetml".into(),
         http: options.http,
         signing_key: None,
@@ -79,6 +82,7 @@ pub async fn run(options: DemoOptions, cancel: CancellationToken) -> anyhow::Res
         inference_threads: 2,
         testing: TestingConfig::default(),
         testing_selector: Selector::everything(),
+        connect_rate: None,
     };
     let fleet = fleetml_agent::sim::start(&sim_config, &tracker, &cancel).await?;
     println!("simulated fleet: {} agents, local inference API http://{}/devices/{{device}}/v2", fleet.device_ids.len(), fleet.api_addr);
