@@ -775,16 +775,20 @@ async fn drift_command(command: DriftCommand) -> anyhow::Result<ExitCode> {
                 cli::print_json(&events)?;
             } else {
                 for event in events.as_array().into_iter().flatten() {
+                    let text = |key: &str| event[key].as_str().unwrap_or("").to_string();
+                    let number = |key: &str| event[key].as_f64().map(|value| format!("{value:.4}")).unwrap_or_else(|| "-".into());
                     println!(
-                        "{} {}@{} {} {}: value {} threshold {} over {} samples",
+                        "{} {}@{} {} {}: value {} threshold {} over {} samples (window {}..{})",
                         event["at_ms"],
-                        event["model"],
+                        text("model"),
                         event["version"],
-                        event["scope"],
-                        event["feature"].as_str().unwrap_or(""),
-                        event["value"],
-                        event["threshold"],
-                        event["samples"]
+                        text("scope"),
+                        text("feature"),
+                        number("value"),
+                        number("threshold"),
+                        event["samples"],
+                        event["window_start_ms"],
+                        event["window_end_ms"]
                     );
                 }
             }
@@ -836,7 +840,14 @@ async fn shadow_command(command: ShadowCommand) -> anyhow::Result<()> {
             let (model, version, _) = cli::parse_reference(&reference)?;
             let version = version.context("give NAME@VERSION")?;
             let body = serde_json::json!({ "model": model, "version": version, "selector": selector });
-            (client.client()?.post_json("/api/v1/shadows", &body).await?, json)
+            let view: ShadowView = client.client()?.post_json("/api/v1/shadows", &body).await?;
+            if !json {
+                println!(
+                    "{model}@{version} is the shadow candidate on the devices matching `{selector}`; `fleetml shadow status {model}` follows it"
+                );
+                return Ok(());
+            }
+            (view, json)
         }
         ShadowCommand::Status { name, json, client } => (client.client()?.get(&format!("/api/v1/shadows/{name}")).await?, json),
         ShadowCommand::Stop { name, selector, json, client } => {
