@@ -187,3 +187,31 @@ async fn devices_that_match_later_join_a_running_rollout_and_an_offline_device_i
     let late = Agent::start(&plane, "join-late", labels).await;
     plane.wait_active(&late.device_id, "classifier", v2).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_that_stays_offline_past_the_device_timeout_is_marked_failed() {
+    let dir = test_dir();
+    let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
+    let labels = AgentOptions { labels: vec![("fleet".into(), "t".into())], ..AgentOptions::default() };
+    let staying = Agent::start(&plane, "timeout-0", labels.clone()).await;
+    let mut leaving = Agent::start(&plane, "timeout-1", labels).await;
+    plane.wait_online(2).await;
+    let (v1_onnx, _) = demo_models();
+    let v1 = plane.push_ok("classifier", v1_onnx).await;
+    leaving.process.kill();
+    wait_for("the device to be offline", TIMEOUT, || async { (!plane.device("timeout-1").await?.online).then_some(()) }).await;
+    let policy = json!({ "target": { "selector": "fleet=t" }, "waves": [{ "size": "100%" }],
+        "gates": [{ "metric": "offline_rate", "max": 1.0 }], "device_timeout_seconds": 2 });
+    let (status, started) = plane.post("/api/v1/rollouts", &json!({ "model": "classifier", "version": v1, "policy": policy })).await;
+    assert_eq!(status, 201, "{started}");
+    let id = started["id"].as_i64().unwrap();
+    let finished = wait_for("the offline device to time out", TIMEOUT, || async {
+        let view = rollout_view(&plane, id).await;
+        let devices = view["devices"].as_array()?.clone();
+        devices.iter().any(|device| device["device_id"] == "timeout-1" && device["state"] == "failed").then_some(view)
+    })
+    .await;
+    let failed = finished["devices"].as_array().unwrap().iter().find(|device| device["device_id"] == "timeout-1").unwrap().clone();
+    assert!(failed["reason"].as_str().unwrap().starts_with("timed out after 2 s (offline)"), "{failed}");
+    plane.wait_active(&staying.device_id, "classifier", v1).await;
+}
