@@ -264,7 +264,7 @@ pub fn print_drift(view: &serde_json::Value) {
 }
 
 pub fn print_split(view: &crate::api::splits::SplitView) {
-    println!("split {} of {} over `{}`", view.id, view.model, view.selector);
+    println!("split {} of {} over `{}` ({})", view.id, view.model, view.selector, view.state);
     println!(
         "  {:>7} {:>6} {:>7} {:>6} {:>9} {:>8} {:>10} {:>10}",
         "VERSION", "WEIGHT", "DEVICES", "ACTIVE", "REQUESTS", "ERRORS", "P50", "P95"

@@ -295,6 +295,14 @@ enum SplitCommand {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// End a split without a winner: its devices keep their variants; devices that match later get none.
+    Stop {
+        id: i64,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Promote the winner into a staged rollout: `--version V`, or `--rule lowest_error_rate|lowest_p95_latency`.
     Promote {
         id: i64,
@@ -815,6 +823,10 @@ async fn split_command(command: SplitCommand) -> anyhow::Result<()> {
         }
         SplitCommand::Status { id, json, client } => {
             let view: SplitView = client.client()?.get(&format!("/api/v1/splits/{id}")).await?;
+            if json { cli::print_json(&view)? } else { cli::print_split(&view) }
+        }
+        SplitCommand::Stop { id, json, client } => {
+            let view: SplitView = client.client()?.post_json(&format!("/api/v1/splits/{id}/stop"), &serde_json::json!({})).await?;
             if json { cli::print_json(&view)? } else { cli::print_split(&view) }
         }
         SplitCommand::List { json, client } => {

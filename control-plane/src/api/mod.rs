@@ -61,6 +61,7 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
         .route("/splits", post(splits::start).get(splits::list))
         .route("/splits/{id}", get(splits::status))
         .route("/splits/{id}/promote", post(splits::promote))
+        .route("/splits/{id}/stop", post(splits::stop))
         .route("/experiments", get(runs::list_experiments))
         .route("/runs", get(runs::list_runs))
         .route("/runs/compare", get(runs::compare_runs))

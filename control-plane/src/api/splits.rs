@@ -127,6 +127,9 @@ pub struct SplitView {
     pub model: String,
     pub selector: String,
     pub created_ms: i64,
+    /// `running`: devices that match later get a variant too; `promoted` or `stopped`: no longer.
+    #[serde(default)]
+    pub state: String,
     pub variants: Vec<VariantView>,
 }
 
@@ -194,6 +197,7 @@ async fn view(core: &PlaneCore, split: &SplitRecord) -> Result<SplitView, ApiErr
         model: split.model.clone(),
         selector: split.selector.clone(),
         created_ms: split.created_ms,
+        state: split.state.clone(),
         variants: views,
     })
 }
@@ -220,6 +224,7 @@ pub async fn start(State(core): State<Arc<PlaneCore>>, Json(request): Json<Start
         selector: selector.to_string(),
         variants_json: serde_json::to_string(&request.variants).map_err(|error| ApiError::Internal(error.to_string()))?,
         created_ms: now_ms,
+        state: "running".into(),
     };
     split.id = core.store.create_split(&split).await?;
     // Each device's variant becomes its deployment: the one path to desired state.
@@ -318,7 +323,60 @@ pub async fn promote(
         serde_json::json!({ "target": { "selector": split.selector }, "waves": [{ "size": "10%" }, { "size": "100%" }],
             "gates": [{ "metric": "install_failure_rate", "max": 0.0 }] })
     });
-    super::rollouts::start(State(core), Json(StartRollout { model: split.model, version: Some(version), alias: None, policy })).await
+    let started =
+        super::rollouts::start(State(core.clone()), Json(StartRollout { model: split.model, version: Some(version), alias: None, policy }))
+            .await?;
+    // The rollout owns the cohort now: devices that match later join it, not the split.
+    core.store.update_split_state(id, "promoted").await?;
+    Ok(started)
+}
+
+/// Ends a split without a winner: its devices keep their variants, later devices get none.
+pub async fn stop(State(core): State<Arc<PlaneCore>>, Path(id): Path<i64>) -> Result<Json<SplitView>, ApiError> {
+    let split = core.store.get_split(id).await?.ok_or_else(|| ApiError::NotFound(format!("split {id}")))?;
+    core.store.update_split_state(id, "stopped").await?;
+    Ok(Json(view(&core, &SplitRecord { state: "stopped".into(), ..split }).await?))
+}
+
+/// Gives every device that matches a running split's selector, but has had no deployment of
+/// the model since the split began, its variant (by the same stable hash). Returns how many.
+/// A selector deployment made after the split began counts: it decides instead.
+pub async fn assign_late_devices(core: &PlaneCore) -> Result<usize, crate::store::StoreError> {
+    let splits: Vec<SplitRecord> = core.store.list_splits().await?.into_iter().filter(|split| split.state == "running").collect();
+    if splits.is_empty() {
+        return Ok(0);
+    }
+    let devices = core.store.list_devices().await?;
+    let deployments = core.store.list_deployments().await?;
+    let now_ms = fleetml_shared::now_ms() as i64;
+    let mut n_assigned = 0;
+    for split in &splits {
+        let (Ok(selector), Ok(variants)) = (Selector::parse(&split.selector), serde_json::from_str::<Vec<Variant>>(&split.variants_json))
+        else {
+            continue;
+        };
+        let weights = weights(&variants);
+        for device in devices.iter().filter(|device| selector.matches(&device.labels)) {
+            // Its variant, or anything deployed to it since (a later deploy or rollout wins).
+            let decided_since_split = deployments.iter().any(|deployment| {
+                deployment.model == split.model
+                    && deployment.role == crate::store::DeploymentRole::Active
+                    && deployment.created_ms >= split.created_ms
+                    && crate::deployment::targets(deployment, device)
+            });
+            if decided_since_split {
+                continue;
+            }
+            if let Some(version) = assign(&salt(split), &device.device_id, &weights).and_then(|version| version.parse::<i64>().ok()) {
+                core.store.insert_deployment(&split.model, version, &DeploymentTarget::Device(device.device_id.clone()), now_ms).await?;
+                n_assigned += 1;
+            }
+        }
+    }
+    if n_assigned > 0 {
+        core.controller.request(ControllerCommand::ReconcileAll);
+    }
+    Ok(n_assigned)
 }
 
 #[cfg(test)]

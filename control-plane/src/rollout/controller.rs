@@ -90,6 +90,10 @@ impl RolloutController {
                     continue;
                 }
             };
+            // A/B splits give devices that match later their variant.
+            if let Err(error) = crate::api::splits::assign_late_devices(&self.core).await {
+                tracing::error!(%error, "could not assign late devices to splits");
+            }
             for rollout in &rollouts {
                 let result = match rollout.state.as_str() {
                     "running" => self.step(rollout).await,

@@ -458,6 +458,7 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn create_split(&self, split: &SplitRecord) -> StoreResult<i64>;
     async fn get_split(&self, id: i64) -> StoreResult<Option<SplitRecord>>;
     async fn list_splits(&self) -> StoreResult<Vec<SplitRecord>>;
+    async fn update_split_state(&self, id: i64, state: &str) -> StoreResult<()>;
     /// Adds devices to a running rollout (devices that matched its target later).
     async fn add_rollout_devices(&self, id: i64, devices: &[RolloutDeviceRecord]) -> StoreResult<()>;
     async fn insert_shadow_window(&self, window: &ShadowWindowRecord) -> StoreResult<()>;
@@ -497,6 +498,8 @@ pub struct SplitRecord {
     /// JSON: `[{"version": 1, "weight": 0.5}, ...]`.
     pub variants_json: String,
     pub created_ms: i64,
+    /// `running` (devices that match later are assigned), `promoted` or `stopped`.
+    pub state: String,
 }
 
 /// Drift monitoring's records: reference profiles, device windows, drift events.

@@ -35,6 +35,7 @@ macro_rules! row_to_split {
             selector: row.try_get("selector")?,
             variants_json: row.try_get("variants")?,
             created_ms: row.try_get("created_ms")?,
+            state: row.try_get("state")?,
         }
     }};
 }
@@ -173,14 +174,22 @@ macro_rules! impl_rollout_store {
             }
 
             async fn create_split(&self, split: &SplitRecord) -> StoreResult<i64> {
-                let row = sqlx::query("INSERT INTO splits (model, selector, variants, created_ms) VALUES ($1, $2, $3, $4) RETURNING id")
-                    .bind(&split.model)
-                    .bind(&split.selector)
-                    .bind(&split.variants_json)
-                    .bind(split.created_ms)
-                    .fetch_one(&self.pool)
-                    .await?;
+                let row = sqlx::query(
+                    "INSERT INTO splits (model, selector, variants, created_ms, state) VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                )
+                .bind(&split.model)
+                .bind(&split.selector)
+                .bind(&split.variants_json)
+                .bind(split.created_ms)
+                .bind(&split.state)
+                .fetch_one(&self.pool)
+                .await?;
                 Ok(row.try_get("id")?)
+            }
+
+            async fn update_split_state(&self, id: i64, state: &str) -> StoreResult<()> {
+                sqlx::query("UPDATE splits SET state = $1 WHERE id = $2").bind(state).bind(id).execute(&self.pool).await?;
+                Ok(())
             }
 
             async fn get_split(&self, id: i64) -> StoreResult<Option<SplitRecord>> {

@@ -337,11 +337,14 @@ async fn rollout_devices_are_counted_per_state_and_splits_listed() {
             selector: "site=a".into(),
             variants_json: r#"[{"version":1,"weight":0.5},{"version":2,"weight":0.5}]"#.into(),
             created_ms: 5,
+            state: "running".into(),
         };
         let a = store.create_split(&split("a")).await.unwrap();
         let b = store.create_split(&split("b")).await.unwrap();
         let listed = store.list_splits().await.unwrap();
         assert_eq!(listed.iter().map(|split| (split.id, split.model.as_str())).collect::<Vec<_>>(), [(a, "a"), (b, "b")], "{backend}");
         assert_eq!(listed[0], SplitRecord { id: a, ..split("a") }, "{backend}");
+        store.update_split_state(a, "promoted").await.unwrap();
+        assert_eq!(store.get_split(a).await.unwrap().map(|split| split.state), Some("promoted".into()), "{backend}");
     }
 }

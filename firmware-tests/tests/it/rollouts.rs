@@ -201,8 +201,29 @@ async fn an_ab_split_assigns_by_stable_hash_reports_per_variant_and_promotes_the
     .await;
     assert_eq!(with_figures["variants"][1]["errors"], 0);
 
+    // A device that matches after the split started gets its variant by the same hash.
+    let late = fleetml_firmware_tests::Agent::start(
+        &plane,
+        "ab-late",
+        fleetml_firmware_tests::AgentOptions { labels: vec![("fleet".into(), "ab".into())], ..Default::default() },
+    )
+    .await;
+    let assigned = wait_for("the late device to get a variant", TIMEOUT, || async {
+        let view = plane.get(&format!("/api/v1/splits/{id}")).await.1;
+        view["variants"]
+            .as_array()?
+            .iter()
+            .find(|variant| variant["devices"].as_array().is_some_and(|devices| devices.iter().any(|device| device == "ab-late")))
+            .and_then(|variant| variant["version"].as_i64())
+    })
+    .await;
+    plane.wait_active(&late.device_id, "classifier", assigned).await;
+    assert_eq!(plane.get(&format!("/api/v1/splits/{id}")).await.1["state"], "running");
+
     let (status, rollout) = plane.post(&format!("/api/v1/splits/{id}/promote"), &json!({ "version": v2 })).await;
     assert_eq!(status, 201, "{rollout}");
     wait_rollout_state(&plane, rollout["id"].as_i64().unwrap(), "completed").await;
     plane.wait_all_active(&sim.device_ids, "classifier", v2, TIMEOUT).await;
+    plane.wait_active(&late.device_id, "classifier", v2).await;
+    assert_eq!(plane.get(&format!("/api/v1/splits/{id}")).await.1["state"], "promoted");
 }

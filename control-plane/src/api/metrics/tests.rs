@@ -331,6 +331,7 @@ async fn metrics_route_exports_the_fleet_inference_rollouts_splits_and_counters_
             selector: "site=a".into(),
             variants_json: r#"[{"version":2,"weight":0.75},{"version":3,"weight":0.25}]"#.into(),
             created_ms: 1,
+            state: "running".into(),
         })
         .await
         .unwrap();
