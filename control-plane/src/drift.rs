@@ -19,7 +19,8 @@ use crate::config::DriftConfig;
 use crate::store::{DriftEventRecord, DriftWindowRecord, StoreError};
 
 const TICK: Duration = Duration::from_millis(500);
-/// Window periods the monitor catches up on after a pause; older ones are skipped.
+/// Window periods the monitor catches up on after a pause, and looks back at when it first
+/// sees a version (after a restart); older ones are skipped.
 const MAX_CATCH_UP_PERIODS: i64 = 10;
 /// Webhook deliveries in flight; beyond this an event is stored and published but not POSTed.
 const MAX_WEBHOOKS_IN_FLIGHT: usize = 16;
@@ -271,8 +272,30 @@ pub struct DriftEvent {
 struct Streaks {
     /// The end of the last judged period.
     judged_until_ms: i64,
-    dataset: u32,
-    features: HashMap<String, u32>,
+    dataset: Streak,
+    features: HashMap<String, Streak>,
+}
+
+/// Consecutive drifted periods, and where the run began.
+#[derive(Clone, Copy, Default)]
+struct Streak {
+    count: u32,
+    started_ms: i64,
+}
+
+impl Streak {
+    /// Records one judged period; true when the run just reached `needed`.
+    fn record(&mut self, drifted: bool, from_ms: i64, needed: u32) -> bool {
+        if !drifted {
+            self.count = 0;
+            return false;
+        }
+        if self.count == 0 {
+            self.started_ms = from_ms;
+        }
+        self.count += 1;
+        self.count == needed
+    }
 }
 
 /// Judges each closed window period of every version that has a profile.
@@ -323,7 +346,12 @@ impl DriftMonitor {
                     .max(1);
                 let now_ms = fleetml_shared::now_ms() as i64 - self.config.grace.as_millis() as i64;
                 let closed_until = now_ms.div_euclid(period_ms) * period_ms;
-                let state = streaks.entry(key.clone()).or_insert_with(|| Streaks { judged_until_ms: closed_until, ..Streaks::default() });
+                // A version seen for the first time (after a restart, say) is judged from
+                // MAX_CATCH_UP_PERIODS back, so a drift under way keeps its streak; `judge_period`
+                // does not raise again an episode the store already has an event for.
+                let state = streaks
+                    .entry(key.clone())
+                    .or_insert_with(|| Streaks { judged_until_ms: closed_until - MAX_CATCH_UP_PERIODS * period_ms, ..Streaks::default() });
                 let mut from_ms = state.judged_until_ms.max(closed_until - MAX_CATCH_UP_PERIODS * period_ms);
                 while from_ms + period_ms <= closed_until {
                     let to_ms = from_ms + period_ms;
@@ -378,31 +406,38 @@ impl DriftMonitor {
             samples: report.samples,
             at_ms: 0,
         };
+        // Each event with the start of its episode.
         let mut events = Vec::new();
-        state.dataset = if report.dataset_drifted { state.dataset + 1 } else { 0 };
-        if state.dataset == needed {
-            events.push(base.clone());
+        if state.dataset.record(report.dataset_drifted, from_ms, needed) {
+            events.push((base.clone(), state.dataset.started_ms));
         }
         for feature in report.features.iter().filter(|feature| feature.counted) {
             let streak = state.features.entry(feature.name.clone()).or_default();
-            *streak = if feature.drifted { *streak + 1 } else { 0 };
-            if *streak == needed {
-                events.push(DriftEvent {
+            if streak.record(feature.drifted, from_ms, needed) {
+                let event = DriftEvent {
                     scope: "feature".into(),
                     feature: Some(feature.name.clone()),
                     metric: serde_json::to_value(feature.metric).ok().and_then(|value| value.as_str().map(str::to_string)),
                     value: feature.value,
                     threshold: feature.threshold,
                     ..base.clone()
-                });
+                };
+                events.push((event, streak.started_ms));
             }
         }
-        for mut event in events {
+        let earlier = if events.is_empty() { Vec::new() } else { self.core.store.drift_events(model, Some(version)).await? };
+        for (mut event, episode_started_ms) in events {
             event.at_ms = fleetml_shared::now_ms() as i64;
             let scope = match &event.feature {
                 Some(feature) => format!("feature:{feature}"),
                 None => "dataset".into(),
             };
+            // An event raised inside this episode (before a restart of the plane) stands for it:
+            // a new episode starts only after a period that did not drift.
+            if earlier.iter().any(|earlier| earlier.scope == scope && earlier.window_end_ms > episode_started_ms) {
+                tracing::info!(%model, version, %scope, "drift episode already raised before a restart");
+                continue;
+            }
             let detail = serde_json::to_string(&event).unwrap_or_default();
             let record = DriftEventRecord {
                 id: 0,
@@ -457,6 +492,18 @@ async fn deliver(http: &reqwest::Client, url: &str, payload: Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streak_fires_once_per_episode_and_remembers_where_it_began() {
+        let mut streak = Streak::default();
+        let fired: Vec<bool> = [true, true, true, false, true, true]
+            .iter()
+            .enumerate()
+            .map(|(idx, drifted)| streak.record(*drifted, idx as i64 * 10, 2))
+            .collect();
+        assert_eq!(fired, [false, true, false, false, false, true]);
+        assert_eq!(streak.started_ms, 40);
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -448,3 +448,53 @@ async fn an_ab_split_reports_each_variants_output_distribution() {
         assert_eq!(label["classes"].as_array().unwrap().len(), 3, "{label}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plane_restarted_during_a_drift_episode_does_not_raise_it_again() {
+    let dir = test_dir();
+    let Some(broker) = PrivateMosquitto::start(dir.path()).await else { return };
+    let options =
+        PlaneOptions { mqtt_url: Some(broker.url()), extra_args: vec!["--drift-grace-ms".into(), "300".into()], ..PlaneOptions::default() };
+    let mut plane = Plane::start(dir.path(), options).await;
+    let sim = Sim::start(&plane, 2, "rs-", &["--label", "fleet=rs"]).await;
+    plane.wait_online(2).await;
+    let (onnx, profile, features) = model_and_profile();
+    let version = push_with_profile(&plane, onnx, profile).await;
+    plane.deploy("classifier", version, ("selector", "fleet=rs")).await;
+    plane.wait_all_active(&sim.device_ids, "classifier", version, TIMEOUT).await;
+    let shifted: Vec<[f32; 4]> = features.iter().map(|row| [row[0] + 2.0, row[1], row[2], row[3]]).collect();
+    let client = reqwest::Client::new();
+    let drift_some = || {
+        let client = client.clone();
+        let urls: Vec<String> =
+            sim.device_ids.iter().map(|device_id| format!("{}/devices/{device_id}/v2/models/classifier/infer", sim.api)).collect();
+        let rows = shifted[..200].to_vec();
+        async move {
+            for url in urls {
+                client.post(url).json(&rows_request(&rows)).send().await.unwrap();
+            }
+        }
+    };
+    let f0_events =
+        |events: &Value| events.as_array().map(|events| events.iter().filter(|event| event["feature"] == "f0").count()).unwrap_or(0);
+    wait_for("the first drift event", std::time::Duration::from_secs(60), || async {
+        drift_some().await;
+        (f0_events(&plane.get("/api/v1/models/classifier/drift/events").await.1) == 1).then_some(())
+    })
+    .await;
+
+    plane.kill_and_restart().await;
+    // The restarted monitor judges the recent periods again (the drift goes on) before it
+    // publishes a gauge; by then a repeated event would be in the store.
+    wait_for("the restarted plane to judge the ongoing drift", std::time::Duration::from_secs(60), || async {
+        drift_some().await;
+        let metrics = plane.http.get(format!("{}/metrics", plane.api)).send().await.ok()?.text().await.ok()?;
+        metrics
+            .lines()
+            .any(|line| line.starts_with("fleetml_drift_drifted{") && line.contains("feature=\"f0\"") && line.ends_with(" 1"))
+            .then_some(())
+    })
+    .await;
+    let events = plane.get("/api/v1/models/classifier/drift/events").await.1;
+    assert_eq!(f0_events(&events), 1, "one episode, one event: {events}");
+}
