@@ -319,20 +319,21 @@ async fn infer(
             return Err(ApiError::BadRequest(format!("model `{}` has no output `{}`", model.model, wanted.name)));
         }
     }
-    // The inputs are copied only when a shadow candidate or a drift tap will need them.
-    let shadow = host.shadow(&model.model).map(|candidate| (candidate, inputs.clone()));
-    let drift = host.drift_tap(&model.model).filter(|tap| tap.version == model.version).map(|tap| (tap, inputs.clone()));
+    // The inputs are copied once, and only when a drift tap or a shadow candidate needs them.
+    let shadow = host.shadow(&model.model);
+    let drift = host.drift_tap(&model.model).filter(|tap| tap.version == model.version);
+    let inputs_copy = (shadow.is_some() || drift.is_some()).then(|| inputs.clone());
     let started = Instant::now();
     let result = state.pool.run(model.clone(), inputs).await;
     let latency_us = started.elapsed().as_micros() as u64;
     let outputs = match result {
         Ok(outputs) => {
             host.record(&model.model, model.version, latency_us, true);
-            if let Some((tap, drift_inputs)) = drift {
-                tap.observe(&drift_inputs, &outputs);
+            if let (Some(tap), Some(copy)) = (&drift, &inputs_copy) {
+                tap.observe(copy, &outputs);
             }
-            if let Some((candidate, shadow_inputs)) = shadow {
-                crate::shadow::mirror(&state.pool, &state.shadow_permits, host.clone(), &model, candidate, shadow_inputs, outputs.clone());
+            if let (Some(candidate), Some(copy)) = (shadow, inputs_copy) {
+                crate::shadow::mirror(&state.pool, &state.shadow_permits, host.clone(), &model, candidate, copy, outputs.clone());
             }
             outputs
         }

@@ -5,6 +5,7 @@
 //! reconnect. The plane keeps one copy per (device, model, version, seq), so a window is
 //! counted once however often it travels.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -147,6 +148,15 @@ pub struct DriftOutbox {
     pub max_windows: usize,
 }
 
+/// Where a kept window stands. Invariant: the file `{seq}.win` exists for `Pending` and
+/// `{seq}.sent` for `Sent`; the index is read from the folder once, at start.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kept {
+    Pending,
+    /// Handed to the link at this instant, not yet known to have reached the broker.
+    Sent(tokio::time::Instant),
+}
+
 fn file_seq(path: &Path) -> Option<(u64, bool)> {
     let name = path.file_name()?.to_str()?;
     let (seq, suffix) = name.split_once('.')?;
@@ -154,26 +164,31 @@ fn file_seq(path: &Path) -> Option<(u64, bool)> {
 }
 
 impl DriftOutbox {
-    fn entries(&self) -> Vec<(u64, bool, PathBuf)> {
-        let mut entries: Vec<(u64, bool, PathBuf)> = fs::read_dir(&self.dir)
-            .map(|listing| {
-                listing.flatten().filter_map(|entry| file_seq(&entry.path()).map(|(seq, sent)| (seq, sent, entry.path()))).collect()
-            })
-            .unwrap_or_default();
-        entries.sort();
-        entries
-    }
-
     fn path(&self, seq: u64, suffix: &str) -> PathBuf {
         self.dir.join(format!("{seq:020}.{suffix}"))
     }
 
-    /// Writes a window as the next sequence number (write, fsync, rename).
-    fn persist(&self, next_seq: &mut u64, dropped: &mut u64, closed: ClosedWindow) -> std::io::Result<()> {
-        let mut entries = self.entries();
-        while entries.len() >= self.max_windows {
-            let (_, _, oldest) = entries.remove(0);
-            fs::remove_file(&oldest)?;
+    /// The windows on disk after a restart, all pending again: anything sent before the
+    /// restart may not have reached the broker.
+    fn load(&self) -> BTreeMap<u64, Kept> {
+        let mut kept = BTreeMap::new();
+        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let Some((seq, sent)) = file_seq(&entry.path()) else { continue };
+            if sent {
+                let _ = fs::rename(entry.path(), self.path(seq, PENDING_SUFFIX));
+            }
+            kept.insert(seq, Kept::Pending);
+        }
+        kept
+    }
+
+    /// Writes a window as the next sequence number (write, fsync, rename), dropping the
+    /// oldest kept windows beyond the bound.
+    fn persist(&self, kept: &mut BTreeMap<u64, Kept>, next_seq: &mut u64, dropped: &mut u64, closed: ClosedWindow) -> std::io::Result<()> {
+        while kept.len() >= self.max_windows {
+            let Some((seq, state)) = kept.pop_first() else { break };
+            let suffix = if state == Kept::Pending { PENDING_SUFFIX } else { SENT_SUFFIX };
+            fs::remove_file(self.path(seq, suffix))?;
             *dropped += 1;
         }
         let report = DriftWindowReport {
@@ -193,48 +208,50 @@ impl DriftOutbox {
             file.sync_all()?;
         }
         fs::rename(&temporary, self.path(*next_seq, PENDING_SUFFIX))?;
+        kept.insert(*next_seq, Kept::Pending);
         *next_seq += 1;
+        write_seq(&self.dir, *next_seq);
         Ok(())
     }
 
-    /// Sends every pending window in order, marking each sent.
-    async fn flush(&self) {
+    /// Sends every pending window in order while the broker is connected, marking each sent.
+    async fn flush(&self, kept: &mut BTreeMap<u64, Kept>) {
         let topic = self.topics.telemetry(&self.device_id);
-        for (seq, sent, path) in self.entries() {
-            if sent {
-                continue;
-            }
+        let pending: Vec<u64> = kept.iter().filter(|(_, state)| **state == Kept::Pending).map(|(seq, _)| *seq).collect();
+        for seq in pending {
             if !*self.link.connection().borrow() {
                 return;
             }
-            let Ok(payload) = fs::read(&path) else { continue };
+            let Ok(payload) = fs::read(self.path(seq, PENDING_SUFFIX)) else {
+                kept.remove(&seq);
+                continue;
+            };
             self.link.publish(topic.clone(), false, payload).await;
-            let _ = fs::rename(&path, self.path(seq, SENT_SUFFIX));
-        }
-    }
-
-    /// Marks every sent window pending again (after a reconnect or a restart).
-    fn resend_sent(&self) {
-        for (seq, sent, path) in self.entries() {
-            if sent {
-                let _ = fs::rename(&path, self.path(seq, PENDING_SUFFIX));
+            if fs::rename(self.path(seq, PENDING_SUFFIX), self.path(seq, SENT_SUFFIX)).is_ok() {
+                kept.insert(seq, Kept::Sent(tokio::time::Instant::now()));
             }
         }
     }
 
-    /// Forgets windows sent long enough ago over a connection that stayed up.
-    fn prune_sent(&self, connected_since: tokio::time::Instant) {
-        if connected_since.elapsed() < SENT_KEEP {
+    /// Marks every sent window pending again (after a reconnect).
+    fn resend_sent(&self, kept: &mut BTreeMap<u64, Kept>) {
+        for (seq, state) in kept.iter_mut() {
+            if matches!(state, Kept::Sent(_)) && fs::rename(self.path(*seq, SENT_SUFFIX), self.path(*seq, PENDING_SUFFIX)).is_ok() {
+                *state = Kept::Pending;
+            }
+        }
+    }
+
+    /// Forgets windows sent `SENT_KEEP` ago over the connection that is still up.
+    fn prune_sent(&self, kept: &mut BTreeMap<u64, Kept>) {
+        if !*self.link.connection().borrow() {
             return;
         }
-        let now = std::time::SystemTime::now();
-        for (_, sent, path) in self.entries() {
-            let old = fs::metadata(&path)
-                .and_then(|metadata| metadata.modified())
-                .is_ok_and(|modified| now.duration_since(modified).unwrap_or_default() >= SENT_KEEP);
-            if sent && old {
-                let _ = fs::remove_file(&path);
-            }
+        let old: Vec<u64> =
+            kept.iter().filter(|(_, state)| matches!(state, Kept::Sent(at) if at.elapsed() >= SENT_KEEP)).map(|(seq, _)| *seq).collect();
+        for seq in old {
+            let _ = fs::remove_file(self.path(seq, SENT_SUFFIX));
+            kept.remove(&seq);
         }
     }
 
@@ -242,12 +259,10 @@ impl DriftOutbox {
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
         fs::create_dir_all(&self.dir)?;
         let _ = fs::remove_file(self.dir.join("incoming.tmp"));
-        let mut next_seq = self.entries().last().map(|(seq, _, _)| seq + 1).unwrap_or_else(|| read_seq(&self.dir));
-        // Anything sent before a restart may not have reached the broker.
-        self.resend_sent();
+        let mut kept = self.load();
+        let mut next_seq = kept.last_key_value().map(|(seq, _)| seq + 1).unwrap_or(0).max(read_seq(&self.dir));
         let mut dropped = 0u64;
         let mut connection = self.link.connection();
-        let mut connected_since = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
@@ -256,33 +271,32 @@ impl DriftOutbox {
                 // Cancel-safe: mpsc::Receiver::recv.
                 closed = self.receiver.recv() => {
                     let Some(closed) = closed else { break };
-                    if let Err(error) = self.persist(&mut next_seq, &mut dropped, closed) {
+                    if let Err(error) = self.persist(&mut kept, &mut next_seq, &mut dropped, closed) {
                         tracing::error!(%error, "could not keep a drift window on disk");
                     }
-                    write_seq(&self.dir, next_seq);
                 }
                 changed = connection.changed() => {
                     if changed.is_err() {
                         break;
                     }
+                    // Sent windows whose acknowledgement may have been lost with the connection
+                    // go again; the plane keeps one copy per sequence number.
                     if *connection.borrow_and_update() {
-                        connected_since = tokio::time::Instant::now();
-                        self.resend_sent();
+                        self.resend_sent(&mut kept);
                     }
                 }
                 _ = tick.tick() => {
                     self.host.close_due_drift_windows(now_ms());
-                    self.prune_sent(connected_since);
+                    self.prune_sent(&mut kept);
                 }
             }
-            self.flush().await;
+            self.flush(&mut kept).await;
         }
         // Close what is open so a restart does not lose it.
         self.host.close_all_drift_windows(now_ms());
         while let Ok(closed) = self.receiver.try_recv() {
-            let _ = self.persist(&mut next_seq, &mut dropped, closed);
+            let _ = self.persist(&mut kept, &mut next_seq, &mut dropped, closed);
         }
-        write_seq(&self.dir, next_seq);
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetml_shared::drift::metrics::{DriftReport, FeatureDrift, evaluate};
+use fleetml_shared::drift::metrics::{DriftReport, DriftStreak, FeatureDrift, evaluate};
 use fleetml_shared::drift::profile::Profile;
 use fleetml_shared::drift::window::{DriftWindow, MergedWindow};
 use fleetml_shared::selector::Selector;
@@ -272,30 +272,8 @@ pub struct DriftEvent {
 struct Streaks {
     /// The end of the last judged period.
     judged_until_ms: i64,
-    dataset: Streak,
-    features: HashMap<String, Streak>,
-}
-
-/// Consecutive drifted periods, and where the run began.
-#[derive(Clone, Copy, Default)]
-struct Streak {
-    count: u32,
-    started_ms: i64,
-}
-
-impl Streak {
-    /// Records one judged period; true when the run just reached `needed`.
-    fn record(&mut self, drifted: bool, from_ms: i64, needed: u32) -> bool {
-        if !drifted {
-            self.count = 0;
-            return false;
-        }
-        if self.count == 0 {
-            self.started_ms = from_ms;
-        }
-        self.count += 1;
-        self.count == needed
-    }
+    dataset: DriftStreak,
+    features: HashMap<String, DriftStreak>,
 }
 
 /// Judges each closed window period of every version that has a profile.
@@ -492,18 +470,6 @@ async fn deliver(http: &reqwest::Client, url: &str, payload: Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_streak_fires_once_per_episode_and_remembers_where_it_began() {
-        let mut streak = Streak::default();
-        let fired: Vec<bool> = [true, true, true, false, true, true]
-            .iter()
-            .enumerate()
-            .map(|(idx, drifted)| streak.record(*drifted, idx as i64 * 10, 2))
-            .collect();
-        assert_eq!(fired, [false, true, false, false, false, true]);
-        assert_eq!(streak.started_ms, 40);
-    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -212,20 +212,20 @@ async fn windows_closed_while_offline_arrive_later_none_lost_none_counted_twice(
         assert_eq!(agent.infer("classifier", &rows_request(chunk)).await.0, 200);
         rows_sent += chunk.len() as u64;
     }
-    // The broker goes away: the device keeps serving and closing windows, on disk.
+    // The broker goes away: the device keeps serving, and each window it closes is kept on disk.
     broker.kill();
-    for chunk in features.chunks(40).skip(10).take(10) {
+    let outbox = agent.state_dir.join("drift-outbox");
+    let pending = || {
+        std::fs::read_dir(&outbox)
+            .map(|listing| listing.flatten().filter(|entry| entry.path().extension().is_some_and(|ext| ext == "win")).count())
+            .unwrap_or(0)
+    };
+    for chunk in features.chunks(80).skip(5).take(3) {
+        let before = pending();
         assert_eq!(agent.infer("classifier", &rows_request(chunk)).await.0, 200);
         rows_sent += chunk.len() as u64;
-        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        wait_for("a window closed while offline to be kept on disk", TIMEOUT, || async { (pending() > before).then_some(()) }).await;
     }
-    let outbox = agent.state_dir.join("drift-outbox");
-    wait_for("windows kept on disk while offline", TIMEOUT, || async {
-        let pending =
-            std::fs::read_dir(&outbox).ok()?.flatten().filter(|entry| entry.path().extension().is_some_and(|ext| ext == "win")).count();
-        (pending >= 2).then_some(())
-    })
-    .await;
     broker.restart().await;
     let view = wait_for("every row counted once on the plane", TIMEOUT, || async {
         let view = drift_view(&plane, version, "1h").await;
@@ -234,12 +234,7 @@ async fn windows_closed_while_offline_arrive_later_none_lost_none_counted_twice(
     .await;
     assert!(view["windows"].as_u64().unwrap() >= 3, "windows from before, during and after the outage: {view}");
     // Redeliveries after the reconnect (every recently sent window goes again) add nothing.
-    wait_for("the outbox to be drained", TIMEOUT, || async {
-        let pending =
-            std::fs::read_dir(&outbox).ok()?.flatten().filter(|entry| entry.path().extension().is_some_and(|ext| ext == "win")).count();
-        (pending == 0).then_some(())
-    })
-    .await;
+    wait_for("the outbox to be drained", TIMEOUT, || async { (pending() == 0).then_some(()) }).await;
     let status = plane.status().await;
     assert_eq!(drift_view(&plane, version, "1h").await["samples"].as_u64(), Some(rows_sent), "{status}");
 }

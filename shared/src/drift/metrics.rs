@@ -88,18 +88,29 @@ pub struct ChiSquare {
 }
 
 /// Counts consecutive drifted windows so that one noisy window does not raise an alert: the
-/// plane keeps one per monitored slice and feeds it each window's report in order.
+/// plane keeps one per monitored feature and per dataset, and feeds it each judged period in
+/// order. It fires once per episode, when the run reaches `consecutive_windows`; a new episode
+/// needs a period that did not drift first.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriftStreak {
     pub n_consecutive: u32,
+    /// Where the current run of drifted periods began (ms), to recognise its episode.
+    pub started_ms: i64,
 }
 
 impl DriftStreak {
-    /// Records one report; true while the dataset has drifted in at least
-    /// `thresholds.consecutive_windows` windows in a row.
-    pub fn record(&mut self, report: &DriftReport, thresholds: &Thresholds) -> bool {
-        self.n_consecutive = if report.dataset_drifted { self.n_consecutive.saturating_add(1) } else { 0 };
-        self.n_consecutive >= thresholds.consecutive_windows
+    /// Records one period that began at `period_start_ms`; true when the run just reached
+    /// `consecutive_windows`.
+    pub fn record(&mut self, drifted: bool, period_start_ms: i64, consecutive_windows: u32) -> bool {
+        if !drifted {
+            self.n_consecutive = 0;
+            return false;
+        }
+        if self.n_consecutive == 0 {
+            self.started_ms = period_start_ms;
+        }
+        self.n_consecutive = self.n_consecutive.saturating_add(1);
+        self.n_consecutive == consecutive_windows.max(1)
     }
 }
 
@@ -564,22 +575,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn an_alert_needs_consecutive_drifted_windows() {
-        let report = |dataset_drifted| DriftReport {
-            samples: 1,
-            features: Vec::new(),
-            n_counted: 1,
-            n_drifted: 0,
-            share_drifted: 0.0,
-            dataset_drifted,
-        };
-        let thresholds = Thresholds::default();
+    fn a_streak_fires_once_per_episode_and_remembers_where_it_began() {
         let mut streak = DriftStreak::default();
-        let alerts: Vec<bool> = [true, true, false, true, true, true, true, false]
+        let fired: Vec<bool> = [true, true, true, false, true, true]
             .iter()
-            .map(|drifted| streak.record(&report(*drifted), &thresholds))
+            .enumerate()
+            .map(|(idx, drifted)| streak.record(*drifted, idx as i64 * 10, 2))
             .collect();
-        assert_eq!(alerts, [false, false, false, false, false, true, true, false]);
+        assert_eq!(fired, [false, true, false, false, false, true]);
+        assert_eq!(streak.started_ms, 40);
     }
 
     #[test]
