@@ -102,7 +102,7 @@ impl Distributor {
         if let Some(bundle) = self.cache.get(digest) {
             return Some(bundle.clone());
         }
-        let path = self.core.bundle_path(digest);
+        let path = crate::versions::bundle_path(&self.core, digest);
         let bytes = tokio::fs::read(&path).await.ok()?;
         let (signed, payload) = read_bundle_file(&mut bytes.as_slice()).ok()?;
         // Invariant: only bundles this plane signed are served; verified once when cached.

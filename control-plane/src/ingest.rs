@@ -12,9 +12,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::PlaneCore;
-use crate::api::views::SlotView;
-use crate::deployment::ControllerCommand;
+use crate::deployment::controller::ControllerCommand;
 use crate::mqtt::Inbound;
+use crate::reported::ReportedSlot;
 use crate::store::{DeviceChange, DeviceVitals, DriftWindowRecord, InferenceWindow, ReportedUpdate, ShadowWindowRecord};
 use fleetml_shared::drift::profile::Profile;
 use fleetml_shared::drift::window::MergedWindow;
@@ -118,13 +118,12 @@ impl Ingest {
         match inbound.kind {
             TopicKind::Reported { device_id } => match protocol::decode::<Reported>(&inbound.payload) {
                 Ok(Reported::Online(state)) if state.device_id == device_id => {
-                    let slots: Vec<SlotView> = state.slots.iter().map(SlotView::from_report).collect();
                     let labels: BTreeMap<String, String> = state.labels.into_iter().collect();
                     let update = ReportedUpdate {
                         device_id: device_id.clone(),
                         labels,
                         agent_version: state.agent_version,
-                        slots_json: serde_json::to_string(&slots).unwrap_or_else(|_| "[]".into()),
+                        slots: state.slots.iter().map(ReportedSlot::from_report).collect(),
                         last_refusal: state.last_refusal,
                         at_ms: fleetml_shared::now_ms() as i64,
                     };

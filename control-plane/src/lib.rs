@@ -1,11 +1,15 @@
 //! fleetml-plane: the control plane.
 //!
-//! `api` (axum) and the actors share one `PlaneCore`: the `store`, the signing key and the
-//! MQTT publish handle. Actors: `mqtt` (the link), `ingest` (reported state, heartbeats),
-//! `distributor` (coalesced chunk publishes) and the `deployment` controller (desired
-//! state). `broker` embeds rumqttd; `registry` checks models and builds signed bundles.
+//! The domain modules own the rules: `versions` (registry lifecycle and history),
+//! `deployment` (standing assignments and the controller that turns them into desired
+//! state), `rollout` (staged rollouts), `experiments` (A/B splits, shadows), `drift`,
+//! `tracking`, `artifacts`, `telemetry`, `reported`. `api` (axum) only extracts, calls them
+//! and converts to views; `cli` is the command line. The actors share one `PlaneCore`: the
+//! `store`, the signing key and the MQTT publish handle. `broker` embeds rumqttd; `registry`
+//! checks models and builds signed bundles.
 
 pub mod api;
+pub mod artifacts;
 pub mod broker;
 pub mod cli;
 pub mod config;
@@ -13,13 +17,17 @@ pub mod demo;
 pub mod deployment;
 pub mod distributor;
 pub mod drift;
+pub mod experiments;
 pub mod ingest;
 pub mod keys;
 pub mod mqtt;
 pub mod registry;
+pub mod reported;
 pub mod rollout;
 pub mod store;
+pub mod telemetry;
 pub mod tracking;
+pub mod versions;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,28 +36,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
-use fleetml_shared::bundle::BundleDigest;
 use fleetml_shared::signing::SigningKeyPair;
 use fleetml_shared::topics::Topics;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::api::error::ApiError;
-use crate::api::views::PushResponse;
+use crate::artifacts::ArtifactStore;
 use crate::config::{BrokerConfig, PlaneConfig};
-use crate::deployment::{ControllerCommand, ControllerQueue, DeploymentController};
+use crate::deployment::controller::{ControllerCommand, ControllerQueue, DeploymentController};
 use crate::distributor::Distributor;
 use crate::ingest::Ingest;
 use crate::mqtt::{PlaneLink, PlaneMqtt};
-use crate::registry::{BundleOptions, DEFAULT_SELF_TEST_TOLERANCE};
-use crate::store::{BundleRecord, ModelVersionRecord, Store};
+use crate::store::Store;
 
 /// Device messages waiting for ingest or the distributor; when full, the MQTT link stops
 /// reading, which pushes back on the broker.
 const INBOUND_CAPACITY: usize = 4096;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-const DEFAULT_EXPIRY_DAYS: u64 = 365;
 
 #[derive(Default)]
 pub struct PlaneCounters {
@@ -82,133 +86,9 @@ pub struct PlaneCore {
     pub coalesce_window: Duration,
     /// The latest judged drift period per version (for `/metrics`).
     pub drift_latest: drift::LatestDrift,
+    pub artifacts: ArtifactStore,
     /// Serialises pushes so version numbers are assigned without races.
-    push_lock: tokio::sync::Mutex<()>,
-}
-
-impl PlaneCore {
-    pub fn bundle_path(&self, digest: &BundleDigest) -> PathBuf {
-        self.data_dir.join("bundles").join(format!("{}.bundle", digest.to_hex()))
-    }
-
-    /// `NAME@REF`'s REF: an integer is a version, anything else an alias.
-    pub async fn resolve_reference(&self, model: &str, reference: &str) -> Result<i64, ApiError> {
-        if let Ok(version) = reference.parse::<i64>() {
-            return Ok(version);
-        }
-        self.store
-            .resolve_alias(model, reference)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("model `{model}` has no alias `{reference}`")))
-    }
-
-    /// Registers the next version of `model`: checks it with tract, builds and signs the
-    /// bundle, stores it. The CPU work runs off the reactor.
-    pub async fn push_model(&self, model: &str, onnx: Vec<u8>, push: PushOptions) -> Result<PushResponse, ApiError> {
-        let PushOptions { description, expires_in_days, latency_budget_ms, source, run_id, profile } = push;
-        let _guard = self.push_lock.lock().await;
-        let version = self.store.latest_version(model).await?.unwrap_or(0) + 1;
-        let expires_in_days = expires_in_days.unwrap_or(DEFAULT_EXPIRY_DAYS);
-        let options = BundleOptions {
-            model: model.to_string(),
-            version: version as u64,
-            expires_in_ms: (expires_in_days > 0).then(|| expires_in_days * 86_400_000),
-            latency_budget_ms,
-            tolerance: DEFAULT_SELF_TEST_TOLERANCE,
-            profile: profile.clone(),
-        };
-        let key_pair = self.signer.clone();
-        let onnx_len = onnx.len();
-        let onnx_sha256 = hex::encode(fleetml_shared::bundle::sha256(&onnx));
-        let built = tokio::task::spawn_blocking(move || registry::build_bundle(&onnx, &options, &key_pair, fleetml_shared::now_ms()))
-            .await
-            .map_err(|error| ApiError::Internal(error.to_string()))??;
-        let digest = built.signed_manifest.digest();
-        let bundle_path = self.bundle_path(&digest);
-        let temporary = bundle_path.with_extension("tmp");
-        tokio::fs::write(&temporary, &built.file_bytes).await.map_err(|error| ApiError::Internal(format!("writing bundle: {error}")))?;
-        tokio::fs::rename(&temporary, &bundle_path).await.map_err(|error| ApiError::Internal(format!("writing bundle: {error}")))?;
-        let schema_json = serde_json::to_string(&built.schema).map_err(|error| ApiError::Internal(error.to_string()))?;
-        let record = ModelVersionRecord {
-            model: model.to_string(),
-            version,
-            digest: digest.to_hex(),
-            created_ms: built.manifest.created_at_ms as i64,
-            description,
-            schema_json,
-            onnx_sha256,
-            onnx_bytes: onnx_len as i64,
-            bundle_bytes: built.file_bytes.len() as i64,
-            source,
-            run_id,
-        };
-        let bundle = BundleRecord {
-            digest: digest.to_hex(),
-            model: model.to_string(),
-            version,
-            signed_manifest: postcard::to_stdvec(&built.signed_manifest).map_err(|error| ApiError::Internal(error.to_string()))?,
-        };
-        self.store.insert_version(&record, Some(&bundle)).await?;
-        let now_ms = fleetml_shared::now_ms() as i64;
-        if let Some(profile) = &profile {
-            let profile_sha256 = hex::encode(fleetml_shared::bundle::sha256(profile));
-            self.store.put_profile(&profile_sha256, profile, now_ms).await?;
-            self.store.set_version_profile(model, version, &profile_sha256).await?;
-        }
-        self.store.add_version_event(model, version, "registered", &format!("bundle {}", digest.short()), now_ms).await?;
-        tracing::info!(%model, version, digest = %digest.short(), "model version registered");
-        Ok(PushResponse {
-            model: model.to_string(),
-            version,
-            digest: digest.to_hex(),
-            schema: built.schema,
-            self_test_ms: built.self_test_ms,
-            bundle_bytes: built.file_bytes.len() as i64,
-        })
-    }
-}
-
-/// What a push may say besides the model itself.
-#[derive(Clone, Debug, Default)]
-pub struct PushOptions {
-    pub description: String,
-    /// Days until devices refuse the bundle (default 365; 0: never).
-    pub expires_in_days: Option<u64>,
-    pub latency_budget_ms: Option<u32>,
-    /// Where the model came from (an artifact URI) and the run that made it, when known.
-    pub source: String,
-    pub run_id: String,
-    /// A reference profile (JSON) attached to the bundle for drift monitoring.
-    pub profile: Option<Vec<u8>>,
-}
-
-impl PlaneCore {
-    /// Registers a version that has no ONNX file (so no bundle): it can be tracked, not deployed.
-    pub async fn register_without_bundle(&self, model: &str, push: PushOptions) -> Result<i64, ApiError> {
-        let _guard = self.push_lock.lock().await;
-        let version = self.store.latest_version(model).await?.unwrap_or(0) + 1;
-        let now_ms = fleetml_shared::now_ms() as i64;
-        let record = ModelVersionRecord {
-            model: model.to_string(),
-            version,
-            digest: String::new(),
-            created_ms: now_ms,
-            description: push.description,
-            schema_json: "null".into(),
-            onnx_sha256: String::new(),
-            onnx_bytes: 0,
-            bundle_bytes: 0,
-            source: push.source,
-            run_id: push.run_id,
-        };
-        self.store.insert_version(&record, None).await?;
-        self.store.add_version_event(model, version, "registered", "no ONNX file among its artifacts: not deployable", now_ms).await?;
-        Ok(version)
-    }
-
-    pub fn artifact_root(&self) -> PathBuf {
-        self.data_dir.join("artifacts")
-    }
+    pub(crate) push_lock: tokio::sync::Mutex<()>,
 }
 
 /// A running plane.
@@ -282,6 +162,7 @@ pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &Cancella
         controller,
         coalesce_window: config.coalesce_window,
         drift_latest: drift::LatestDrift::default(),
+        artifacts: ArtifactStore::new(config.data_dir.join("artifacts")),
         push_lock: tokio::sync::Mutex::new(()),
     });
     spawn_actor(tracker, "mqtt", link.run(cancel.clone()));
@@ -340,5 +221,50 @@ pub fn redact(url: &str) -> String {
             }
         }
         _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! A plane core for unit and route tests: a fresh SQLite store in a folder, an MQTT handle
+    //! that is never connected, no actors (tests drive what they need).
+
+    use std::path::Path;
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use fleetml_shared::signing::SigningKeyPair;
+    use fleetml_shared::topics::Topics;
+    use tokio::sync::mpsc;
+
+    use super::*;
+
+    pub async fn core(data_dir: &Path) -> Arc<PlaneCore> {
+        std::fs::create_dir_all(data_dir.join("bundles")).unwrap();
+        let store = crate::store::open(&format!("sqlite://{}", data_dir.join("plane.db").display())).await.unwrap();
+        let signer = SigningKeyPair::generate().unwrap();
+        let public_key_pem = signer.public_key().to_pem().unwrap();
+        let topics = Topics::new("fleetml");
+        let (ingest_sender, _) = mpsc::channel(1);
+        let (fetch_sender, _) = mpsc::channel(1);
+        let controller = Arc::new(ControllerQueue::default());
+        let counters = Arc::new(PlaneCounters::default());
+        let (_link, mqtt) =
+            PlaneLink::new("127.0.0.1", 1, topics.clone(), ingest_sender, fetch_sender, controller.clone(), counters.clone());
+        Arc::new(PlaneCore {
+            store,
+            signer,
+            public_key_pem,
+            topics,
+            data_dir: data_dir.to_path_buf(),
+            broker_url: "mqtt://127.0.0.1:1".into(),
+            mqtt,
+            counters,
+            controller,
+            coalesce_window: Duration::from_millis(10),
+            drift_latest: crate::drift::LatestDrift::default(),
+            artifacts: ArtifactStore::new(data_dir.join("artifacts")),
+            push_lock: tokio::sync::Mutex::new(()),
+        })
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use crate::PlaneCounters;
-use crate::deployment::{ControllerCommand, ControllerQueue};
+use crate::deployment::controller::{ControllerCommand, ControllerQueue};
 
 /// Publishes queued towards the broker; `publish` waits when full (backpressure on the
 /// distributor and the controllers, never unbounded memory).

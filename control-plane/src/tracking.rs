@@ -387,3 +387,55 @@ mod tests {
         assert!(VersionFilter::parse("stage = 'x'").is_err());
     }
 }
+
+/// Which runs a search sees by lifecycle (MLflow's `run_view_type`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunLifecycle {
+    ActiveOnly,
+    DeletedOnly,
+    All,
+}
+
+impl RunLifecycle {
+    /// MLflow's names; anything else is ACTIVE_ONLY, as in MLflow.
+    pub fn parse(text: &str) -> Self {
+        match text {
+            "ALL" => RunLifecycle::All,
+            "DELETED_ONLY" => RunLifecycle::DeletedOnly,
+            _ => RunLifecycle::ActiveOnly,
+        }
+    }
+
+    fn admits(self, run: &RunRecord) -> bool {
+        match self {
+            RunLifecycle::All => true,
+            RunLifecycle::DeletedOnly => run.lifecycle_stage == "deleted",
+            RunLifecycle::ActiveOnly => run.lifecycle_stage == "active",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrackingError {
+    /// A filter or an order_by term that does not parse.
+    #[error("{0}")]
+    InvalidQuery(String),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// The runs of these experiments that a filter admits, ordered: the one search behind
+/// MLflow's `runs/search` and the native `GET /api/v1/runs`.
+pub async fn search_runs(
+    store: &dyn crate::store::Store,
+    experiment_ids: &[i64],
+    filter: &str,
+    lifecycle: RunLifecycle,
+    order_by: &[String],
+) -> Result<Vec<RunRecord>, TrackingError> {
+    let filter = RunFilter::parse(filter).map_err(TrackingError::InvalidQuery)?;
+    let mut runs: Vec<RunRecord> =
+        store.list_runs(experiment_ids).await?.into_iter().filter(|run| lifecycle.admits(run) && filter.matches(run)).collect();
+    order_runs(&mut runs, order_by).map_err(TrackingError::InvalidQuery)?;
+    Ok(runs)
+}

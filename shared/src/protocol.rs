@@ -221,6 +221,22 @@ impl FailureKind {
             FailureKind::Manifest => "manifest",
         }
     }
+
+    /// The kind `as_str` names (stored and shown as text by the plane).
+    pub fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "signature" => FailureKind::Signature,
+            "expired" => FailureKind::Expired,
+            "integrity" => FailureKind::Integrity,
+            "rollback_not_permitted" => FailureKind::RollbackNotPermitted,
+            "transfer" => FailureKind::Transfer,
+            "storage" => FailureKind::Storage,
+            "load" => FailureKind::Load,
+            "self_test" => FailureKind::SelfTest,
+            "manifest" => FailureKind::Manifest,
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -361,6 +377,25 @@ pub fn ranges_of(indexes: impl IntoIterator<Item = u32>) -> Vec<ChunkRange> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_failure_kind_parses_back_from_its_name() {
+        let kinds = [
+            FailureKind::Signature,
+            FailureKind::Expired,
+            FailureKind::Integrity,
+            FailureKind::RollbackNotPermitted,
+            FailureKind::Transfer,
+            FailureKind::Storage,
+            FailureKind::Load,
+            FailureKind::SelfTest,
+            FailureKind::Manifest,
+        ];
+        for kind in kinds {
+            assert_eq!(FailureKind::parse(kind.as_str()), Some(kind));
+        }
+        assert_eq!(FailureKind::parse("Load"), None);
+    }
 
     #[test]
     fn envelope_refuses_garbage_and_other_versions() {

@@ -15,17 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use crate::PlaneCore;
-use crate::drift::{DriftEvent, DriftQueryError, DriftSlice, DriftView, judge, parse_duration_ms};
-
-impl From<DriftQueryError> for ApiError {
-    fn from(error: DriftQueryError) -> Self {
-        match error {
-            DriftQueryError::NoProfile(..) => ApiError::NotFound(error.to_string()),
-            DriftQueryError::BadProfile(..) => ApiError::Internal(error.to_string()),
-            DriftQueryError::Store(error) => ApiError::Store(error),
-        }
-    }
-}
+use crate::drift::{DriftEvent, DriftSlice, DriftView, judge, parse_duration_ms};
+use crate::versions;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProfileView {
@@ -86,7 +77,7 @@ pub async fn version_drift(
     Query(query): Query<DriftQuery>,
 ) -> Result<Json<DriftView>, ApiError> {
     // A version number or an alias.
-    let version = core.resolve_reference(&name, &reference).await?;
+    let version = versions::resolve(&core, &name, &reference).await?;
     let window = query.window.unwrap_or_else(|| "1h".into());
     let window_ms =
         parse_duration_ms(&window).ok_or_else(|| ApiError::BadRequest(format!("window `{window}`: expected e.g. 1h, 30m, 90s")))?;
@@ -105,7 +96,7 @@ pub async fn version_drift(
         .transpose()
         .map_err(|error| ApiError::BadRequest(format!("cohort: {error}")))?;
     let until_ms = query.until_ms.unwrap_or_else(|| fleetml_shared::now_ms() as i64 + 1);
-    let slice = DriftSlice { cohort, devices: None, since_ms: until_ms - window_ms, until_ms };
+    let slice = DriftSlice { cohort, devices: None, since_ms: until_ms.saturating_sub(window_ms), until_ms };
     Ok(Json(judge(&core, &name, version, &slice, &window, step_ms).await?))
 }
 

@@ -14,13 +14,12 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use fleetml_shared::histogram::{HistogramSnapshot, N_BUCKETS, bucket_lower_bound, bucket_of};
-use fleetml_shared::selector::Selector;
 
 use self::exposition::{Exposition, HistogramSample, MetricKind};
 use super::error::ApiError;
-use super::splits::{Variant, salt, weights};
-use super::views::{SlotView, parse_slots};
-use crate::rollout::assignment::assign;
+use crate::experiments::split::variant_of;
+use crate::reported::{ReportedPhase, ReportedSlot};
+use crate::rollout::{MemberState, RolloutState};
 use crate::store::{DesiredRecord, DeviceRecord, InferenceTotals, RolloutDeviceCount, RolloutRecord, SplitRecord};
 use crate::{PlaneCore, PlaneCounters};
 
@@ -140,8 +139,8 @@ fn fleet_families(exposition: &mut Exposition, devices: &[DeviceRecord], desired
     }
     let mut slots: BTreeMap<(String, String, String), u64> = BTreeMap::new();
     for device in devices {
-        let reported = parse_slots(&device.slots_json);
-        for slot in &reported {
+        let reported = &device.slots;
+        for slot in reported {
             let (version, state) = slot_state(slot);
             *slots.entry((slot.model.clone(), version, state.to_string())).or_default() += 1;
         }
@@ -166,11 +165,15 @@ fn fleet_families(exposition: &mut Exposition, devices: &[DeviceRecord], desired
 
 /// The version a slot's state is about, and the state: the active version when serving, the
 /// target while installing, the refused one when failed. The version is empty when unknown.
-fn slot_state(slot: &SlotView) -> (String, &str) {
-    let version = match slot.phase.as_str() {
-        "active" | "idle" => slot.active_version,
-        "failed" => slot.last_result.as_ref().filter(|result| !result.ok).map(|result| result.version).or(slot.target_version),
-        _ => slot.target_version.or(slot.active_version),
+fn slot_state(slot: &ReportedSlot) -> (String, &'static str) {
+    let version = match slot.phase {
+        ReportedPhase::Active | ReportedPhase::Idle => slot.active_version,
+        ReportedPhase::Failed => {
+            slot.last_result.as_ref().filter(|result| !result.is_ok()).map(|result| result.version).or(slot.target_version)
+        }
+        ReportedPhase::Fetching { .. } | ReportedPhase::Verifying | ReportedPhase::Installing => {
+            slot.target_version.or(slot.active_version)
+        }
     };
     (version.map(|version| version.to_string()).unwrap_or_default(), slot.phase.as_str())
 }
@@ -262,31 +265,25 @@ fn inference_families(exposition: &mut Exposition, totals: &[InferenceTotals]) {
 
 // ---------------------------------------------------------------- rollouts and splits
 
-/// Every state a rollout can be in: each gets a sample (0 or 1), so a state change is a
-/// value change rather than a new series.
-pub const ROLLOUT_STATES: [&str; 5] = ["running", "paused", "completed", "aborted", "rolled_back"];
-pub const ROLLOUT_DEVICE_STATES: [&str; 6] = ["pending", "downloading", "installing", "healthy", "failed", "rolled_back"];
 /// How long an ended rollout (completed, aborted, rolled back) stays exported, so the series
 /// of old rollouts do not pile up.
 pub const ENDED_ROLLOUT_RETENTION_MS: i64 = 24 * 3600 * 1000;
 
 fn rollout_families(exposition: &mut Exposition, rollouts: &[RolloutRecord], device_counts: &[RolloutDeviceCount], now_ms: i64) {
-    let exported: Vec<&RolloutRecord> = rollouts
-        .iter()
-        .filter(|rollout| {
-            matches!(rollout.state.as_str(), "running" | "paused") || now_ms - rollout.updated_ms <= ENDED_ROLLOUT_RETENTION_MS
-        })
-        .collect();
+    let exported: Vec<&RolloutRecord> =
+        rollouts.iter().filter(|rollout| rollout.state.is_open() || now_ms - rollout.updated_ms <= ENDED_ROLLOUT_RETENTION_MS).collect();
     let state = exposition.family(
         "fleetml_rollout_state",
         MetricKind::Gauge,
         "1 for the state a staged rollout is in, 0 for the others (ended rollouts are kept for a day).",
     );
+    // Every state a rollout can be in gets a sample (0 or 1), so a state change is a value
+    // change rather than a new series.
     for rollout in &exported {
         let (id, version) = (rollout.id.to_string(), rollout.version.to_string());
-        let unknown = (!ROLLOUT_STATES.contains(&rollout.state.as_str())).then_some(rollout.state.as_str());
-        for known in ROLLOUT_STATES.iter().copied().chain(unknown) {
-            let labels = [("rollout", id.as_str()), ("model", rollout.model.as_str()), ("version", version.as_str()), ("state", known)];
+        for known in RolloutState::ALL {
+            let labels =
+                [("rollout", id.as_str()), ("model", rollout.model.as_str()), ("version", version.as_str()), ("state", known.as_str())];
             state.sample(&labels, if known == rollout.state { 1.0 } else { 0.0 });
         }
     }
@@ -298,33 +295,22 @@ fn rollout_families(exposition: &mut Exposition, rollouts: &[RolloutRecord], dev
     }
     let devices = exposition.family("fleetml_rollout_devices", MetricKind::Gauge, "Devices of a staged rollout, by their state in it.");
     for rollout in &exported {
-        let mut by_state: BTreeMap<&str, i64> = ROLLOUT_DEVICE_STATES.iter().map(|state| (*state, 0)).collect();
+        let mut by_state: BTreeMap<MemberState, i64> = MemberState::ALL.iter().map(|state| (*state, 0)).collect();
         for count in device_counts.iter().filter(|count| count.rollout_id == rollout.id) {
-            *by_state.entry(count.state.as_str()).or_default() += count.n_devices;
+            *by_state.entry(count.state).or_default() += count.n_devices;
         }
         let id = rollout.id.to_string();
-        // Known states first, in their lifecycle order, then any other the store holds.
-        let unknown = by_state.keys().filter(|state| !ROLLOUT_DEVICE_STATES.contains(state)).copied().collect::<Vec<_>>();
-        for state in ROLLOUT_DEVICE_STATES.iter().copied().chain(unknown) {
-            devices.sample(&[("rollout", &id), ("state", state)], by_state[state] as f64);
+        // In lifecycle order.
+        for (state, n_devices) in &by_state {
+            devices.sample(&[("rollout", &id), ("state", state.as_str())], *n_devices as f64);
         }
     }
 }
 
 fn split_families(exposition: &mut Exposition, splits: &[SplitRecord], devices: &[DeviceRecord]) {
-    let mut variants_of: Vec<(&SplitRecord, Vec<Variant>, Selector)> = Vec::new();
-    for split in splits {
-        let variants = serde_json::from_str::<Vec<Variant>>(&split.variants_json);
-        let selector = Selector::parse(&split.selector);
-        match (variants, selector) {
-            (Ok(variants), Ok(selector)) => variants_of.push((split, variants, selector)),
-            (Err(error), _) => tracing::warn!(split_id = split.id, %error, "split with unreadable variants left out of /metrics"),
-            (_, Err(error)) => tracing::warn!(split_id = split.id, %error, "split with an unreadable selector left out of /metrics"),
-        }
-    }
     let weight = exposition.family("fleetml_split_weight", MetricKind::Gauge, "The weight of each version in an A/B split.");
-    for (split, variants, _) in &variants_of {
-        for variant in variants {
+    for split in splits {
+        for variant in &split.variants {
             let labels: [(&str, &str); 3] =
                 [("split", &split.id.to_string()), ("model", &split.model), ("version", &variant.version.to_string())];
             weight.sample(&labels, variant.weight);
@@ -335,19 +321,15 @@ fn split_families(exposition: &mut Exposition, splits: &[SplitRecord], devices: 
         MetricKind::Gauge,
         "Devices known now that an A/B split assigns to each of its versions (a stable hash of the device id).",
     );
-    for (split, variants, selector) in &variants_of {
-        let weights = weights(variants);
-        let salt = salt(split);
-        let mut n_devices: BTreeMap<&str, u64> = BTreeMap::new();
-        for device in devices.iter().filter(|device| selector.matches(&device.labels)) {
-            if let Some(version) = assign(&salt, &device.device_id, &weights) {
-                *n_devices.entry(version).or_default() += 1;
-            }
+    for split in splits {
+        let mut n_devices: BTreeMap<i64, u64> = BTreeMap::new();
+        for version in devices.iter().filter_map(|device| variant_of(split, device)) {
+            *n_devices.entry(version).or_default() += 1;
         }
-        for variant in variants {
-            let version = variant.version.to_string();
-            let labels: [(&str, &str); 3] = [("split", &split.id.to_string()), ("model", &split.model), ("version", &version)];
-            assigned.sample(&labels, n_devices.get(version.as_str()).copied().unwrap_or(0) as f64);
+        for variant in &split.variants {
+            let labels: [(&str, &str); 3] =
+                [("split", &split.id.to_string()), ("model", &split.model), ("version", &variant.version.to_string())];
+            assigned.sample(&labels, n_devices.get(&variant.version).copied().unwrap_or(0) as f64);
         }
     }
 }

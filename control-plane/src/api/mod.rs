@@ -22,17 +22,16 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use fleetml_shared::histogram::Histogram;
-use fleetml_shared::selector::Selector;
-use fleetml_shared::topics::is_valid_name;
+use fleetml_shared::bundle::BundleDigest;
 use serde::Deserialize;
 
 use self::error::ApiError;
-use self::views::{AliasRequest, DeployRequest, DeploymentView, DeviceView, StatsView, StatusView, VersionView};
+use self::views::{AliasRequest, AliasView, DeployRequest, DeploymentView, DeviceView, StatsView, StatusView, VersionView};
 use crate::PlaneCore;
-use crate::deployment::{ControllerCommand, targets};
+use crate::deployment::{self, DeployError};
 use crate::keys::token_hash;
-use crate::store::DeploymentTarget;
+use crate::telemetry::InferenceFigures;
+use crate::versions::{self, PushOptions, VersionError};
 
 /// The largest ONNX file `model push` accepts.
 pub const MAX_MODEL_BYTES: usize = 512 * 1024 * 1024;
@@ -127,48 +126,30 @@ async fn status(State(core): State<Arc<PlaneCore>>) -> Json<StatusView> {
     })
 }
 
-fn check_model_name(name: &str) -> Result<(), ApiError> {
-    if is_valid_name(name) { Ok(()) } else { Err(ApiError::BadRequest(format!("`{name}` is not a valid model name (A-Z a-z 0-9 - _ .)"))) }
-}
-
-#[derive(Deserialize)]
-struct PushQuery {
-    description: Option<String>,
-    /// Days until devices refuse the bundle (default 365; 0: never).
-    expires_in_days: Option<u64>,
-    latency_budget_ms: Option<u32>,
-    /// The SHA-256 of a profile uploaded to `/api/v1/profiles`, attached to the bundle.
-    profile: Option<String>,
-}
-
+/// `POST /api/v1/models/{name}/versions`: the body is the ONNX file.
 async fn push_version(
     State(core): State<Arc<PlaneCore>>,
     Path(name): Path<String>,
-    Query(query): Query<PushQuery>,
+    Query(query): Query<views::PushQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<views::PushResponse>), ApiError> {
-    check_model_name(&name)?;
+    versions::check_model_name(&name)?;
     if body.is_empty() {
         return Err(ApiError::BadRequest("the request body must be the ONNX file".into()));
     }
     let profile = match &query.profile {
-        Some(sha256) => Some(
-            core.store
-                .get_profile(sha256)
-                .await?
-                .ok_or_else(|| ApiError::NotFound(format!("no profile {sha256}: upload it to /api/v1/profiles first")))?,
-        ),
+        Some(sha256) => Some(core.store.get_profile(sha256).await?.ok_or_else(|| VersionError::NoSuchProfile(sha256.clone()))?),
         None => None,
     };
-    let push = crate::PushOptions {
+    let push = PushOptions {
         profile,
         description: query.description.unwrap_or_default(),
         expires_in_days: query.expires_in_days,
         latency_budget_ms: query.latency_budget_ms,
-        ..crate::PushOptions::default()
+        ..PushOptions::default()
     };
-    let pushed = core.push_model(&name, body.to_vec(), push).await?;
-    Ok((StatusCode::CREATED, Json(pushed)))
+    let pushed = versions::push(&core, &name, body.to_vec(), push).await?;
+    Ok((StatusCode::CREATED, Json(views::PushResponse::from_pushed(pushed))))
 }
 
 async fn list_models(State(core): State<Arc<PlaneCore>>) -> Result<Json<Vec<VersionView>>, ApiError> {
@@ -201,13 +182,11 @@ async fn version_views(core: &PlaneCore, model: Option<&str>) -> Result<Vec<Vers
 
 async fn get_version(
     State(core): State<Arc<PlaneCore>>,
-    Path((name, version)): Path<(String, String)>,
+    Path((name, reference)): Path<(String, String)>,
 ) -> Result<Json<VersionView>, ApiError> {
-    let version = core.resolve_reference(&name, &version).await?;
-    let record = core.store.get_version(&name, version).await?.ok_or_else(|| ApiError::NotFound(format!("{name}@{version}")))?;
-    let aliases =
-        core.store.list_aliases(&name).await?.into_iter().filter(|(_, aliased)| *aliased == version).map(|(alias, _)| alias).collect();
-    let mut view = VersionView::from_record(&record, aliases);
+    let version = versions::resolve(&core, &name, &reference).await?;
+    let record = versions::get(&core, &name, version).await?;
+    let mut view = VersionView::from_record(&record, versions::aliases_of(&core, &name, version).await?);
     view.history = core
         .store
         .version_events(&name, version)
@@ -218,11 +197,16 @@ async fn get_version(
     Ok(Json(view))
 }
 
-async fn download_bundle(State(core): State<Arc<PlaneCore>>, Path((name, version)): Path<(String, String)>) -> Result<Response, ApiError> {
-    let version = core.resolve_reference(&name, &version).await?;
-    let record = core.store.get_version(&name, version).await?.ok_or_else(|| ApiError::NotFound(format!("{name}@{version}")))?;
-    let digest = fleetml_shared::bundle::BundleDigest::from_hex(&record.digest).ok_or_else(|| ApiError::Internal("bad digest".into()))?;
-    let bytes = tokio::fs::read(core.bundle_path(&digest)).await.map_err(|error| ApiError::Internal(format!("reading bundle: {error}")))?;
+async fn download_bundle(
+    State(core): State<Arc<PlaneCore>>,
+    Path((name, reference)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let version = versions::resolve(&core, &name, &reference).await?;
+    let record = versions::deployable(&core, &name, version, "downloaded").await?;
+    let digest = BundleDigest::from_hex(&record.digest).ok_or_else(|| ApiError::Internal("bad digest".into()))?;
+    let bytes = tokio::fs::read(versions::bundle_path(&core, &digest))
+        .await
+        .map_err(|error| ApiError::Internal(format!("reading bundle: {error}")))?;
     Ok(([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response())
 }
 
@@ -234,31 +218,24 @@ struct StatsQuery {
 
 async fn version_stats(
     State(core): State<Arc<PlaneCore>>,
-    Path((name, version)): Path<(String, String)>,
+    Path((name, reference)): Path<(String, String)>,
     Query(query): Query<StatsQuery>,
 ) -> Result<Json<StatsView>, ApiError> {
-    let version = if version == "all" { None } else { Some(core.resolve_reference(&name, &version).await?) };
-    let since_ms = fleetml_shared::now_ms() as i64 - query.since_s.unwrap_or(300).max(0) * 1000;
+    let version = if reference == "all" { None } else { Some(versions::resolve(&core, &name, &reference).await?) };
+    let since_s = query.since_s.unwrap_or(300).max(0);
+    let since_ms = (fleetml_shared::now_ms() as i64).saturating_sub(since_s.saturating_mul(1000));
     let windows = core.store.windows_since(&name, version, since_ms).await?;
-    let mut histogram = Histogram::default();
-    let mut devices = std::collections::BTreeSet::new();
-    let (mut requests, mut errors) = (0i64, 0i64);
-    for window in &windows {
-        histogram.merge(&window.latency_us);
-        requests += window.requests;
-        errors += window.errors;
-        devices.insert(window.device_id.as_str());
-    }
+    let figures = InferenceFigures::sum(&windows);
     Ok(Json(StatsView {
         model: name,
         version,
         since_ms,
-        devices: devices.len(),
-        requests,
-        errors,
-        latency_p50_us: histogram.quantile(0.5),
-        latency_p95_us: histogram.quantile(0.95),
-        latency_p99_us: histogram.quantile(0.99),
+        devices: figures.devices.len(),
+        requests: i64::try_from(figures.requests).unwrap_or(i64::MAX),
+        errors: i64::try_from(figures.errors).unwrap_or(i64::MAX),
+        latency_p50_us: figures.latency_us.quantile(0.5),
+        latency_p95_us: figures.latency_us.quantile(0.95),
+        latency_p99_us: figures.latency_us.quantile(0.99),
     }))
 }
 
@@ -266,78 +243,23 @@ async fn set_alias(
     State(core): State<Arc<PlaneCore>>,
     Path((name, alias)): Path<(String, String)>,
     Json(request): Json<AliasRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    if alias.parse::<i64>().is_ok() || !is_valid_name(&alias) {
-        return Err(ApiError::BadRequest(format!("`{alias}` is not a valid alias (a name, not a number)")));
-    }
-    core.store.get_version(&name, request.version).await?.ok_or_else(|| ApiError::NotFound(format!("{name}@{}", request.version)))?;
-    core.store.set_alias(&name, &alias, request.version, fleetml_shared::now_ms() as i64).await?;
-    Ok(Json(serde_json::json!({ "model": name, "alias": alias, "version": request.version })))
+) -> Result<Json<AliasView>, ApiError> {
+    versions::check_alias(&alias)?;
+    versions::set_alias(&core, &name, &alias, request.version).await?;
+    Ok(Json(AliasView { model: name, alias, version: request.version }))
 }
 
 async fn deploy(
     State(core): State<Arc<PlaneCore>>,
     Json(request): Json<DeployRequest>,
 ) -> Result<(StatusCode, Json<DeploymentView>), ApiError> {
-    check_model_name(&request.model)?;
-    let version = match (request.version, request.alias.as_deref()) {
-        (Some(version), None) => version,
-        (None, Some(alias)) => core.resolve_reference(&request.model, alias).await?,
-        _ => {
-            return Err(ApiError::BadRequest("give exactly one of `version` and `alias`".into()));
-        }
-    };
-    let target = match (request.device, request.selector) {
-        (Some(device_id), None) if is_valid_name(&device_id) => DeploymentTarget::Device(device_id),
-        (Some(device_id), None) => {
-            return Err(ApiError::BadRequest(format!("`{device_id}` is not a valid device id")));
-        }
-        (None, Some(selector)) => {
-            DeploymentTarget::Selector(Selector::parse(&selector).map_err(|error| ApiError::BadRequest(error.to_string()))?)
-        }
-        _ => {
-            return Err(ApiError::BadRequest("give exactly one of `device` and `selector`".into()));
-        }
-    };
-    let version_record =
-        core.store.get_version(&request.model, version).await?.ok_or_else(|| ApiError::NotFound(format!("{}@{version}", request.model)))?;
-    if !version_record.is_deployable() {
-        return Err(ApiError::BadRequest(format!(
-            "{}@{version} has no signed bundle (no ONNX file among its artifacts), so it cannot be deployed",
-            request.model
-        )));
-    }
-    let now_ms = fleetml_shared::now_ms() as i64;
-    // Devices told a newer version now get this one with a signed rollback permission.
-    let newer_told = core
-        .store
-        .list_desired()
+    versions::check_model_name(&request.model)?;
+    let version = versions::resolve_either(&core, &request.model, request.version, request.alias.as_deref())
         .await?
-        .iter()
-        .filter(|desired| desired.model == request.model && desired.version.is_some_and(|told| told > version))
-        .count();
-    let id = core.store.insert_deployment(&request.model, version, &target, now_ms).await?;
-    let target_text = match &target {
-        DeploymentTarget::Device(device_id) => format!("device {device_id}"),
-        DeploymentTarget::Selector(selector) => format!("selector `{selector}`"),
-    };
-    core.store.add_version_event(&request.model, version, "deployed", &format!("deployment {id} to {target_text}"), now_ms).await?;
-    if newer_told > 0 {
-        let detail = format!("deployment {id}: rollback from a newer version, signed rollback permission for up to {newer_told} devices");
-        core.store.add_version_event(&request.model, version, "rollback", &detail, now_ms).await?;
-    }
-    let record = core
-        .store
-        .list_deployments()
-        .await?
-        .into_iter()
-        .find(|deployment| deployment.id == id)
-        .ok_or_else(|| ApiError::Internal("deployment vanished".into()))?;
-    let matched =
-        core.store.list_devices().await?.into_iter().filter(|device| targets(&record, device)).map(|device| device.device_id).collect();
-    core.controller.request(ControllerCommand::ReconcileAll);
-    tracing::info!(deployment_id = id, model = %record.model, version, "deployment created");
-    Ok((StatusCode::CREATED, Json(DeploymentView::from_record(&record, matched))))
+        .ok_or(DeployError::VersionOrAlias)?;
+    let target = deployment::target(request.device.as_deref(), request.selector.as_deref())?;
+    let deployed = deployment::deploy(&core, &request.model, version, target).await?;
+    Ok((StatusCode::CREATED, Json(DeploymentView::from_record(&deployed.record, deployed.matched_devices))))
 }
 
 async fn list_deployments(State(core): State<Arc<PlaneCore>>) -> Result<Json<Vec<DeploymentView>>, ApiError> {
@@ -348,11 +270,15 @@ async fn list_deployments(State(core): State<Arc<PlaneCore>>) -> Result<Json<Vec
 async fn device_views(core: &PlaneCore) -> Result<Vec<DeviceView>, ApiError> {
     let desired = core.store.list_desired().await?;
     let devices = core.store.list_devices().await?;
+    let mut desired_by_device: BTreeMap<&str, Vec<&crate::store::DesiredRecord>> = BTreeMap::new();
+    for record in &desired {
+        desired_by_device.entry(record.device_id.as_str()).or_default().push(record);
+    }
     Ok(devices
         .iter()
         .map(|device| {
             let mut view = DeviceView::from_record(device);
-            for record in desired.iter().filter(|record| record.device_id == device.device_id) {
+            for record in desired_by_device.get(device.device_id.as_str()).into_iter().flatten() {
                 let slot_idx = match view.slots.iter().position(|slot| slot.model == record.model) {
                     Some(slot_idx) => slot_idx,
                     None => {
@@ -361,8 +287,8 @@ async fn device_views(core: &PlaneCore) -> Result<Vec<DeviceView>, ApiError> {
                     }
                 };
                 let slot = &mut view.slots[slot_idx];
-                slot.desired_version = record.version.map(|version| version as u64);
-                slot.desired_generation = Some(record.generation as u64);
+                slot.desired_version = record.version.and_then(|version| u64::try_from(version).ok());
+                slot.desired_generation = u64::try_from(record.generation).ok();
             }
             view
         })

@@ -19,7 +19,8 @@ use tokio_util::task::TaskTracker;
 
 use self::classifier::{Classifier, N_FEATURES, dataset};
 use crate::api::views::{DeployRequest, StatsView};
-use crate::cli::{Client, print_devices, wait_for_rollout};
+use crate::cli::client::Client;
+use crate::cli::output::{print_devices, wait_for_rollout};
 use crate::config::{BrokerConfig, PlaneConfig};
 
 pub struct DemoOptions {

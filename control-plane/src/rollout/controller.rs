@@ -8,26 +8,23 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleetml_shared::histogram::Histogram;
-use tokio_util::sync::CancellationToken;
-
 use fleetml_shared::selector::Selector;
+use tokio_util::sync::CancellationToken;
 
 use super::gates::{GateResult, Verdict, WaveFigures, evaluate};
 use super::policy::{FailureAction, GateMetric, PolicyDocument};
+use super::{MemberState, RolloutState, actions};
 use crate::PlaneCore;
-use crate::api::views::parse_slots;
-use crate::deployment::ControllerCommand;
-use crate::store::{DeploymentTarget, DeviceRecord, RolloutDeviceRecord, RolloutRecord, StoreError};
+use crate::deployment::controller::ControllerCommand;
+use crate::deployment::{self, Origin};
+use crate::experiments;
+use crate::reported;
+use crate::store::{DeploymentRole, DeploymentTarget, DeviceRecord, RolloutDeviceRecord, RolloutRecord, StoreError};
+use crate::telemetry::InferenceFigures;
 
 const TICK: Duration = Duration::from_millis(500);
 /// How long after its device timeout a completed rollout stops following offline devices.
 const STRAGGLER_MARGIN_MS: u64 = 60_000;
-
-/// States of a device the rollout has told and that has not settled yet.
-fn in_flight(state: &str) -> bool {
-    matches!(state, "installing" | "downloading" | "offline")
-}
 
 fn describe(results: &[GateResult]) -> String {
     let parts: Vec<String> = results
@@ -55,22 +52,19 @@ fn now_ms() -> i64 {
 }
 
 /// A device's state in the rollout, from what it reports about the rollout's version.
-pub fn device_state(device: Option<&DeviceRecord>, model: &str, version: i64) -> (&'static str, String) {
-    let Some(device) = device else { return ("installing", String::new()) };
-    let slots = parse_slots(&device.slots_json);
-    let Some(slot) = slots.iter().find(|slot| slot.model == model) else { return ("installing", String::new()) };
-    if slot.active_version == Some(version as u64) {
-        return ("healthy", String::new());
+pub fn device_state(device: Option<&DeviceRecord>, model: &str, version: i64) -> (MemberState, String) {
+    let Some(device) = device else { return (MemberState::Installing, String::new()) };
+    let Some(slot) = reported::slot(&device.slots, model) else { return (MemberState::Installing, String::new()) };
+    let version = version as u64;
+    if slot.runs(version) {
+        return (MemberState::Healthy, String::new());
     }
-    if let Some(result) = &slot.last_result
-        && !result.ok
-        && result.version == version as u64
-    {
-        return ("failed", format!("{}: {}", result.kind.as_deref().unwrap_or("refused"), result.reason.as_deref().unwrap_or("")));
+    if let Some((kind, reason)) = slot.refused(version) {
+        return (MemberState::Failed, format!("{}: {reason}", kind.as_str()));
     }
-    match slot.phase.as_str() {
-        "fetching" => ("downloading", String::new()),
-        _ => ("installing", String::new()),
+    match slot.phase {
+        reported::ReportedPhase::Fetching { .. } => (MemberState::Downloading, String::new()),
+        _ => (MemberState::Installing, String::new()),
     }
 }
 
@@ -91,14 +85,14 @@ impl RolloutController {
                 }
             };
             // A/B splits give devices that match later their variant.
-            if let Err(error) = crate::api::splits::assign_late_devices(&self.core).await {
+            if let Err(error) = experiments::split::assign_late_devices(&self.core).await {
                 tracing::error!(%error, "could not assign late devices to splits");
             }
             for rollout in &rollouts {
-                let result = match rollout.state.as_str() {
-                    "running" => self.step(rollout).await,
-                    "completed" => self.follow_stragglers(rollout).await,
-                    _ => Ok(()),
+                let result = match rollout.state {
+                    RolloutState::Running => self.step(rollout).await,
+                    RolloutState::Completed => self.follow_stragglers(rollout).await,
+                    RolloutState::Paused | RolloutState::Aborted | RolloutState::RolledBack => Ok(()),
                 };
                 if let Err(error) = result {
                     tracing::error!(rollout_id = rollout.id, %error, "rollout step failed; retrying");
@@ -108,47 +102,46 @@ impl RolloutController {
         Ok(())
     }
 
-    async fn deploy_to(&self, model: &str, version: i64, device_id: &str) -> Result<(), StoreError> {
-        self.core.store.insert_deployment(model, version, &DeploymentTarget::Device(device_id.to_string()), now_ms()).await?;
-        Ok(())
-    }
-
     async fn step(&self, rollout: &RolloutRecord) -> Result<(), StoreError> {
-        let policy: PolicyDocument =
-            serde_json::from_str(&rollout.policy_json).map_err(|error| StoreError::Corrupt(format!("rollout policy: {error}")))?;
+        let policy = &rollout.policy;
         let now = now_ms();
         let devices: BTreeMap<String, DeviceRecord> =
             self.core.store.list_devices().await?.into_iter().map(|device| (device.device_id.clone(), device)).collect();
         let members = self.core.store.rollout_devices(rollout.id).await?;
         let wave = rollout.current_wave;
-        if policy.target.include_new && self.include_new_devices(rollout, &policy, &members, &devices, now).await? {
+        if policy.target.include_new && self.include_new_devices(rollout, policy, &members, &devices, now).await? {
             return Ok(());
         }
-        if wave == 0 && members.iter().all(|member| member.state == "pending") && !self.shadow_gates_pass(rollout, &policy, now).await? {
+        if wave == 0
+            && members.iter().all(|member| member.state == MemberState::Pending)
+            && !self.shadow_gates_pass(rollout, policy, now).await?
+        {
             return Ok(());
         }
         let wave_members: Vec<&RolloutDeviceRecord> = members.iter().filter(|member| member.wave == wave).collect();
         let max_concurrent = policy.waves.get(wave as usize).and_then(|wave| wave.max_concurrent).unwrap_or(u64::MAX) as usize;
-        let n_installing = self.refresh_members(rollout, &policy, &members, &devices, now).await?;
-        let in_flight_count = n_installing;
+        let n_moving = self.refresh_members(rollout, policy, &members, &devices, now).await?;
         // Move pending devices of this wave, at most `max_concurrent` at once.
-        let mut moved = 0usize;
-        for member in wave_members.iter().filter(|member| member.state == "pending") {
-            if in_flight_count + moved >= max_concurrent {
-                break;
+        let moving: Vec<&str> = wave_members
+            .iter()
+            .filter(|member| member.state == MemberState::Pending)
+            .take(max_concurrent.saturating_sub(n_moving))
+            .map(|member| member.device_id.as_str())
+            .collect();
+        if !moving.is_empty() {
+            let targets: Vec<DeploymentTarget> = moving.iter().map(|device_id| DeploymentTarget::Device(device_id.to_string())).collect();
+            let origin = Origin::Rollout { rollout_id: rollout.id, wave };
+            deployment::deploy_for(&self.core, &rollout.model, rollout.version, DeploymentRole::Active, &targets, origin).await?;
+            for device_id in &moving {
+                self.core.store.update_rollout_device(rollout.id, device_id, MemberState::Installing, "", now).await?;
             }
-            self.deploy_to(&rollout.model, rollout.version, &member.device_id).await?;
-            self.core.store.update_rollout_device(rollout.id, &member.device_id, "installing", "", now).await?;
-            moved += 1;
-        }
-        if moved > 0 {
             self.core.controller.request(ControllerCommand::ReconcileAll);
             return Ok(());
         }
         let members = self.core.store.rollout_devices(rollout.id).await?;
         let wave_members: Vec<&RolloutDeviceRecord> = members.iter().filter(|member| member.wave == wave).collect();
         // Offline devices do not hold a wave: they count against the offline gate.
-        if wave_members.iter().any(|member| !matches!(member.state.as_str(), "healthy" | "failed" | "offline")) {
+        if !wave_members.iter().all(|member| member.state.lets_wave_end()) {
             return Ok(());
         }
         let settled_at = wave_members.iter().map(|member| member.updated_ms).max().unwrap_or(now);
@@ -170,15 +163,15 @@ impl RolloutController {
                         && let Some(selector) = &policy.target.selector
                         && let Ok(selector) = Selector::parse(selector)
                     {
-                        self.core
-                            .store
-                            .insert_deployment(&rollout.model, rollout.version, &DeploymentTarget::Selector(selector), now)
+                        let origin = Origin::RolloutCompleted { rollout_id: rollout.id };
+                        let targets = [DeploymentTarget::Selector(selector)];
+                        deployment::deploy_for(&self.core, &rollout.model, rollout.version, DeploymentRole::Active, &targets, origin)
                             .await?;
                     }
-                    self.core.store.update_rollout(rollout.id, "completed", wave, rollout.wave_started_ms, now).await?;
+                    self.core.store.update_rollout(rollout.id, RolloutState::Completed, wave, rollout.wave_started_ms, now).await?;
                     self.core.store.add_rollout_event(rollout.id, "completed", "every wave passed its gates", now).await?;
                 } else {
-                    self.core.store.update_rollout(rollout.id, "running", wave + 1, now, now).await?;
+                    self.core.store.update_rollout(rollout.id, RolloutState::Running, wave + 1, now, now).await?;
                     self.core.store.add_rollout_event(rollout.id, "wave_started", &format!("wave {}", wave + 2), now).await?;
                 }
                 Ok(())
@@ -187,11 +180,11 @@ impl RolloutController {
                 self.core.store.add_rollout_event(rollout.id, "gates_failed", &format!("wave {}: {summary}", wave + 1), now).await?;
                 match policy.on_failure {
                     FailureAction::Pause => {
-                        self.core.store.update_rollout(rollout.id, "paused", wave, rollout.wave_started_ms, now).await?;
+                        self.core.store.update_rollout(rollout.id, RolloutState::Paused, wave, rollout.wave_started_ms, now).await?;
                         self.core.store.add_rollout_event(rollout.id, "paused", "a gate failed", now).await?;
                         Ok(())
                     }
-                    FailureAction::Rollback => self.roll_back(rollout, "a gate failed").await,
+                    FailureAction::Rollback => actions::roll_back(&self.core, rollout, "a gate failed").await,
                 }
             }
         }
@@ -205,19 +198,15 @@ impl RolloutController {
     ) -> Result<WaveFigures, StoreError> {
         let mut figures = WaveFigures { devices: wave_members.len() as u64, ..WaveFigures::default() };
         figures.installs_attempted = wave_members.len() as u64;
-        figures.installs_failed = wave_members.iter().filter(|member| member.state == "failed").count() as u64;
+        figures.installs_failed = wave_members.iter().filter(|member| member.state == MemberState::Failed).count() as u64;
         figures.devices_offline =
             wave_members.iter().filter(|member| !devices.get(&member.device_id).is_some_and(|device| device.online)).count() as u64;
-        let in_wave = |device_id: &str| wave_members.iter().any(|member| member.device_id == device_id);
-        let mut latency = Histogram::default();
-        for window in self.core.store.windows_since(&rollout.model, Some(rollout.version), rollout.wave_started_ms).await? {
-            if in_wave(&window.device_id) {
-                figures.requests += window.requests as u64;
-                figures.request_errors += window.errors as u64;
-                latency.merge(&window.latency_us);
-            }
-        }
-        figures.latency_samples = latency.total();
+        let in_wave: std::collections::BTreeSet<&str> = wave_members.iter().map(|member| member.device_id.as_str()).collect();
+        let windows = self.core.store.windows_since(&rollout.model, Some(rollout.version), rollout.wave_started_ms).await?;
+        let inference = InferenceFigures::sum(windows.iter().filter(|window| in_wave.contains(window.device_id.as_str())));
+        figures.requests = inference.requests;
+        figures.request_errors = inference.errors;
+        figures.latency_samples = inference.latency_us.total();
         let (shadow_agreement, shadow_rows) = self.shadow_agreement(rollout).await?;
         figures.shadow_agreement = shadow_agreement;
         figures.shadow_rows = shadow_rows;
@@ -238,14 +227,11 @@ impl RolloutController {
             figures.drift_samples = report.samples;
             figures.drift_score = (report.samples > 0).then_some(report.share_drifted);
         }
-        figures.p95_latency_us = latency.quantile(0.95);
+        figures.p95_latency_us = inference.latency_us.quantile(0.95);
         let previous = wave_members.iter().filter_map(|member| member.from_version).max();
         if let Some(previous) = previous {
-            let mut baseline = Histogram::default();
-            for window in self.core.store.windows_since(&rollout.model, Some(previous), rollout.wave_started_ms - 3_600_000).await? {
-                baseline.merge(&window.latency_us);
-            }
-            figures.baseline_p95_latency_us = baseline.quantile(0.95);
+            let windows = self.core.store.windows_since(&rollout.model, Some(previous), rollout.wave_started_ms - 3_600_000).await?;
+            figures.baseline_p95_latency_us = InferenceFigures::sum(&windows).latency_us.quantile(0.95);
         }
         Ok(figures)
     }
@@ -262,58 +248,57 @@ impl RolloutController {
         now: i64,
     ) -> Result<usize, StoreError> {
         let device_timeout_ms = policy.device_timeout_seconds.saturating_mul(1000) as i64;
-        let mut n_installing = 0usize;
-        for member in members.iter().filter(|member| in_flight(&member.state)) {
+        let mut n_moving = 0usize;
+        for member in members.iter().filter(|member| member.state.in_flight()) {
             let device = devices.get(&member.device_id);
             let (state, reason) = device_state(device, &rollout.model, rollout.version);
-            let (state, reason) = if matches!(state, "installing" | "downloading") && !device.is_some_and(|device| device.online) {
-                ("offline", "waiting for the device to come back".to_string())
+            let (state, reason) = if state.is_moving() && !device.is_some_and(|device| device.online) {
+                (MemberState::Offline, "waiting for the device to come back".to_string())
             } else {
                 (state, reason)
             };
-            let (state, reason) = if in_flight(state) && now - member.updated_ms > device_timeout_ms {
-                ("failed", format!("timed out after {} s ({state})", policy.device_timeout_seconds))
+            let (state, reason) = if state.in_flight() && now - member.updated_ms > device_timeout_ms {
+                (MemberState::Failed, format!("timed out after {} s ({})", policy.device_timeout_seconds, state.as_str()))
             } else {
                 (state, reason)
             };
             if state != member.state {
                 self.core.store.update_rollout_device(rollout.id, &member.device_id, state, &reason, now).await?;
-                if state == "failed" {
+                if state == MemberState::Failed {
                     self.core.store.add_rollout_event(rollout.id, "device_failed", &format!("{}: {reason}", member.device_id), now).await?;
                 }
             }
-            if member.wave == rollout.current_wave && matches!(state, "installing" | "downloading") {
-                n_installing += 1;
+            if member.wave == rollout.current_wave && state.is_moving() {
+                n_moving += 1;
             }
         }
-        Ok(n_installing)
+        Ok(n_moving)
     }
 
     /// A completed rollout keeps following the devices that were offline when it finished.
     async fn follow_stragglers(&self, rollout: &RolloutRecord) -> Result<(), StoreError> {
-        let policy: PolicyDocument =
-            serde_json::from_str(&rollout.policy_json).map_err(|error| StoreError::Corrupt(format!("rollout policy: {error}")))?;
+        let policy = &rollout.policy;
         // Past the device timeout every straggler has been marked failed: nothing to follow.
         let followed_ms = policy.device_timeout_seconds.saturating_mul(1000).saturating_add(STRAGGLER_MARGIN_MS) as i64;
         if now_ms() - rollout.updated_ms > followed_ms {
             return Ok(());
         }
         let members = self.core.store.rollout_devices(rollout.id).await?;
-        if !members.iter().any(|member| in_flight(&member.state)) {
+        if !members.iter().any(|member| member.state.in_flight()) {
             return Ok(());
         }
         let devices: BTreeMap<String, DeviceRecord> =
             self.core.store.list_devices().await?.into_iter().map(|device| (device.device_id.clone(), device)).collect();
-        self.refresh_members(rollout, &policy, &members, &devices, now_ms()).await?;
+        self.refresh_members(rollout, policy, &members, &devices, now_ms()).await?;
         Ok(())
     }
 
     /// The candidate's agreement with the active versions wherever it ran as a shadow.
     async fn shadow_agreement(&self, rollout: &RolloutRecord) -> Result<(Option<f64>, u64), StoreError> {
         let windows = self.core.store.shadow_windows(&rollout.model, Some(rollout.version), 0).await?;
-        let rows: i64 = windows.iter().map(|window| window.rows).sum();
-        let agreed: i64 = windows.iter().map(|window| window.rows_agreed).sum();
-        Ok(((rows > 0).then(|| agreed as f64 / rows as f64), rows.max(0) as u64))
+        let summary = experiments::shadow::summarise(&windows);
+        let figures = summary.get(&rollout.version);
+        Ok((figures.and_then(|figures| figures.agreement()), figures.map(|figures| figures.rows).unwrap_or(0)))
     }
 
     /// Before the first wave moves anything, the shadow gates must pass: the candidate goes
@@ -341,7 +326,7 @@ impl RolloutController {
                     .store
                     .add_rollout_event(rollout.id, "gates_failed", &format!("before wave 1: {}", describe(&results)), now)
                     .await?;
-                self.core.store.update_rollout(rollout.id, "paused", 0, rollout.wave_started_ms, now).await?;
+                self.core.store.update_rollout(rollout.id, RolloutState::Paused, 0, rollout.wave_started_ms, now).await?;
                 self.core
                     .store
                     .add_rollout_event(rollout.id, "paused", "the shadow candidate disagreed too often; no device was moved", now)
@@ -373,11 +358,9 @@ impl RolloutController {
             .map(|device| RolloutDeviceRecord {
                 device_id: device.device_id.clone(),
                 wave: rollout.current_wave,
-                state: "pending".into(),
+                state: MemberState::Pending,
                 reason: "joined after the start".into(),
-                from_version: parse_slots(&device.slots_json)
-                    .iter()
-                    .find(|slot| slot.model == rollout.model)
+                from_version: reported::slot(&device.slots, &rollout.model)
                     .and_then(|slot| slot.active_version)
                     .map(|version| version as i64),
                 updated_ms: now,
@@ -391,43 +374,5 @@ impl RolloutController {
         let detail = format!("{} devices joined wave {}: {}", joining.len(), rollout.current_wave + 1, names.join(", "));
         self.core.store.add_rollout_event(rollout.id, "devices_joined", &detail, now).await?;
         Ok(true)
-    }
-
-    /// Sends every moved device back to the version it had, with a signed rollback permission
-    /// (the deployment controller issues it because the target is older).
-    pub async fn roll_back(&self, rollout: &RolloutRecord, why: &str) -> Result<(), StoreError> {
-        let now = now_ms();
-        let mut n_rolled_back = 0;
-        for member in self.core.store.rollout_devices(rollout.id).await? {
-            if !matches!(member.state.as_str(), "installing" | "downloading" | "offline" | "healthy" | "failed") {
-                continue;
-            }
-            match member.from_version {
-                Some(from_version) => {
-                    self.deploy_to(&rollout.model, from_version, &member.device_id).await?;
-                    self.core
-                        .store
-                        .update_rollout_device(
-                            rollout.id,
-                            &member.device_id,
-                            "rolled_back",
-                            &format!("back to version {from_version}"),
-                            now,
-                        )
-                        .await?;
-                    n_rolled_back += 1;
-                }
-                None => {
-                    self.core
-                        .store
-                        .update_rollout_device(rollout.id, &member.device_id, "failed", "no earlier version to roll back to", now)
-                        .await?;
-                }
-            }
-        }
-        self.core.store.update_rollout(rollout.id, "rolled_back", rollout.current_wave, rollout.wave_started_ms, now).await?;
-        self.core.store.add_rollout_event(rollout.id, "rolled_back", &format!("{why}: {n_rolled_back} devices sent back"), now).await?;
-        self.core.controller.request(ControllerCommand::ReconcileAll);
-        Ok(())
     }
 }

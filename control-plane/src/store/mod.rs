@@ -4,6 +4,7 @@
 
 mod drift_sql;
 mod rollout_sql;
+pub(crate) mod slots;
 mod sql;
 #[cfg(test)]
 pub(crate) mod tests;
@@ -17,6 +18,11 @@ use fleetml_shared::histogram::HistogramSnapshot;
 use fleetml_shared::selector::Selector;
 
 pub use sql::{PostgresStore, SqliteStore};
+
+use crate::experiments::split::{SplitState, SplitVariant};
+use crate::reported::ReportedSlot;
+use crate::rollout::policy::PolicyDocument;
+use crate::rollout::{MemberState, RolloutState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -58,8 +64,8 @@ pub struct DeviceRecord {
     pub first_seen_ms: i64,
     pub last_seen_ms: i64,
     pub agent_version: String,
-    /// JSON array of `api::SlotView`s, as last reported.
-    pub slots_json: String,
+    /// As last reported (stored as JSON, see `store::slots`).
+    pub slots: Vec<ReportedSlot>,
     pub last_refusal: Option<String>,
     pub vitals: DeviceVitals,
 }
@@ -81,7 +87,7 @@ pub struct ReportedUpdate {
     pub device_id: String,
     pub labels: BTreeMap<String, String>,
     pub agent_version: String,
-    pub slots_json: String,
+    pub slots: Vec<ReportedSlot>,
     pub last_refusal: Option<String>,
     pub at_ms: i64,
 }
@@ -412,10 +418,9 @@ pub struct RolloutRecord {
     pub id: i64,
     pub model: String,
     pub version: i64,
-    /// The policy document as JSON.
-    pub policy_json: String,
-    /// running, paused, completed, aborted, rolled_back
-    pub state: String,
+    /// Stored as JSON.
+    pub policy: PolicyDocument,
+    pub state: RolloutState,
     pub current_wave: i64,
     pub wave_started_ms: i64,
     pub created_by: String,
@@ -427,8 +432,7 @@ pub struct RolloutRecord {
 pub struct RolloutDeviceRecord {
     pub device_id: String,
     pub wave: i64,
-    /// pending, downloading, installing, healthy, failed, rolled_back
-    pub state: String,
+    pub state: MemberState,
     pub reason: String,
     /// The version the device was told before the rollout, for rolling back.
     pub from_version: Option<i64>,
@@ -447,18 +451,18 @@ pub trait RolloutStore: Send + Sync + 'static {
     async fn create_rollout(&self, rollout: &RolloutRecord, devices: &[RolloutDeviceRecord]) -> StoreResult<i64>;
     async fn get_rollout(&self, id: i64) -> StoreResult<Option<RolloutRecord>>;
     async fn list_rollouts(&self) -> StoreResult<Vec<RolloutRecord>>;
-    async fn update_rollout(&self, id: i64, state: &str, current_wave: i64, wave_started_ms: i64, now_ms: i64) -> StoreResult<()>;
+    async fn update_rollout(&self, id: i64, state: RolloutState, current_wave: i64, wave_started_ms: i64, now_ms: i64) -> StoreResult<()>;
     async fn rollout_devices(&self, id: i64) -> StoreResult<Vec<RolloutDeviceRecord>>;
     /// How many devices are in each state, per rollout that is running, paused, or changed
     /// since `updated_since_ms`: one query, ordered by rollout and state.
     async fn rollout_device_counts(&self, updated_since_ms: i64) -> StoreResult<Vec<RolloutDeviceCount>>;
-    async fn update_rollout_device(&self, id: i64, device_id: &str, state: &str, reason: &str, now_ms: i64) -> StoreResult<()>;
+    async fn update_rollout_device(&self, id: i64, device_id: &str, state: MemberState, reason: &str, now_ms: i64) -> StoreResult<()>;
     async fn add_rollout_event(&self, id: i64, kind: &str, detail: &str, at_ms: i64) -> StoreResult<()>;
     async fn rollout_events(&self, id: i64) -> StoreResult<Vec<RolloutEvent>>;
     async fn create_split(&self, split: &SplitRecord) -> StoreResult<i64>;
     async fn get_split(&self, id: i64) -> StoreResult<Option<SplitRecord>>;
     async fn list_splits(&self) -> StoreResult<Vec<SplitRecord>>;
-    async fn update_split_state(&self, id: i64, state: &str) -> StoreResult<()>;
+    async fn update_split_state(&self, id: i64, state: SplitState) -> StoreResult<()>;
     /// Adds devices to a running rollout (devices that matched its target later).
     async fn add_rollout_devices(&self, id: i64, devices: &[RolloutDeviceRecord]) -> StoreResult<()>;
     async fn insert_shadow_window(&self, window: &ShadowWindowRecord) -> StoreResult<()>;
@@ -486,7 +490,7 @@ pub struct ShadowWindowRecord {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RolloutDeviceCount {
     pub rollout_id: i64,
-    pub state: String,
+    pub state: MemberState,
     pub n_devices: i64,
 }
 
@@ -494,12 +498,11 @@ pub struct RolloutDeviceCount {
 pub struct SplitRecord {
     pub id: i64,
     pub model: String,
-    pub selector: String,
-    /// JSON: `[{"version": 1, "weight": 0.5}, ...]`.
-    pub variants_json: String,
+    pub selector: Selector,
+    /// Stored as JSON: `[{"version": 1, "weight": 0.5}, ...]`.
+    pub variants: Vec<SplitVariant>,
     pub created_ms: i64,
-    /// `running` (devices that match later are assigned), `promoted` or `stopped`.
-    pub state: String,
+    pub state: SplitState,
 }
 
 /// Drift monitoring's records: reference profiles, device windows, drift events.

@@ -3,10 +3,59 @@
 use async_trait::async_trait;
 use sqlx::Row;
 
+use fleetml_shared::selector::Selector;
+
 use super::sql::{PostgresStore, SqliteStore, decode_histogram, encode_histogram};
 use super::{
-    RolloutDeviceCount, RolloutDeviceRecord, RolloutEvent, RolloutRecord, RolloutStore, ShadowWindowRecord, SplitRecord, StoreResult,
+    RolloutDeviceCount, RolloutDeviceRecord, RolloutEvent, RolloutRecord, RolloutStore, ShadowWindowRecord, SplitRecord, StoreError,
+    StoreResult,
 };
+use crate::experiments::split::{SplitState, SplitVariant};
+use crate::rollout::policy::PolicyDocument;
+use crate::rollout::{MemberState, RolloutState};
+
+fn rollout_state(text: &str) -> StoreResult<RolloutState> {
+    RolloutState::parse(text).ok_or_else(|| StoreError::Corrupt(format!("rollout state `{text}`")))
+}
+
+fn member_state(text: &str) -> StoreResult<MemberState> {
+    MemberState::parse(text).ok_or_else(|| StoreError::Corrupt(format!("rollout device state `{text}`")))
+}
+
+fn split_state(text: &str) -> StoreResult<SplitState> {
+    SplitState::parse(text).ok_or_else(|| StoreError::Corrupt(format!("split state `{text}`")))
+}
+
+fn policy(json: &str) -> StoreResult<PolicyDocument> {
+    serde_json::from_str(json).map_err(|error| StoreError::Corrupt(format!("rollout policy: {error}")))
+}
+
+fn policy_json(policy: &PolicyDocument) -> StoreResult<String> {
+    serde_json::to_string(policy).map_err(|error| StoreError::Corrupt(format!("rollout policy: {error}")))
+}
+
+/// The stored form of a split's variants: `[{"version": 1, "weight": 0.5}, ...]`.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredVariant {
+    version: i64,
+    weight: f64,
+}
+
+fn variants(json: &str) -> StoreResult<Vec<SplitVariant>> {
+    let stored: Vec<StoredVariant> = serde_json::from_str(json).map_err(|error| StoreError::Corrupt(format!("split variants: {error}")))?;
+    Ok(stored.into_iter().map(|variant| SplitVariant { version: variant.version, weight: variant.weight }).collect())
+}
+
+fn variants_json(variants: &[SplitVariant]) -> String {
+    let stored: Vec<StoredVariant> =
+        variants.iter().map(|variant| StoredVariant { version: variant.version, weight: variant.weight }).collect();
+    // Invariant: integers and floats only (weights are checked finite when a split starts).
+    serde_json::to_string(&stored).unwrap_or_else(|_| "[]".into())
+}
+
+fn split_selector(text: &str) -> StoreResult<Selector> {
+    Selector::parse(text).map_err(|error| StoreError::Corrupt(format!("split selector: {error}")))
+}
 
 macro_rules! row_to_rollout {
     ($row:expr) => {{
@@ -15,8 +64,8 @@ macro_rules! row_to_rollout {
             id: row.try_get("id")?,
             model: row.try_get("model")?,
             version: row.try_get("version")?,
-            policy_json: row.try_get("policy")?,
-            state: row.try_get("state")?,
+            policy: policy(&row.try_get::<String, _>("policy")?)?,
+            state: rollout_state(&row.try_get::<String, _>("state")?)?,
             current_wave: row.try_get("current_wave")?,
             wave_started_ms: row.try_get("wave_started_ms")?,
             created_by: row.try_get("created_by")?,
@@ -32,10 +81,10 @@ macro_rules! row_to_split {
         SplitRecord {
             id: row.try_get("id")?,
             model: row.try_get("model")?,
-            selector: row.try_get("selector")?,
-            variants_json: row.try_get("variants")?,
+            selector: split_selector(&row.try_get::<String, _>("selector")?)?,
+            variants: variants(&row.try_get::<String, _>("variants")?)?,
             created_ms: row.try_get("created_ms")?,
-            state: row.try_get("state")?,
+            state: split_state(&row.try_get::<String, _>("state")?)?,
         }
     }};
 }
@@ -51,7 +100,7 @@ macro_rules! insert_members {
             .bind($id)
             .bind(&device.device_id)
             .bind(device.wave)
-            .bind(&device.state)
+            .bind(device.state.as_str())
             .bind(&device.reason)
             .bind(device.from_version)
             .bind(device.updated_ms)
@@ -73,8 +122,8 @@ macro_rules! impl_rollout_store {
                 )
                 .bind(&rollout.model)
                 .bind(rollout.version)
-                .bind(&rollout.policy_json)
-                .bind(&rollout.state)
+                .bind(policy_json(&rollout.policy)?)
+                .bind(rollout.state.as_str())
                 .bind(rollout.current_wave)
                 .bind(rollout.wave_started_ms)
                 .bind(&rollout.created_by)
@@ -97,10 +146,10 @@ macro_rules! impl_rollout_store {
                 rows.iter().map(|row| Ok(row_to_rollout!(row))).collect()
             }
 
-            async fn update_rollout(&self, id: i64, state: &str, current_wave: i64, wave_started_ms: i64, now_ms: i64) -> StoreResult<()> {
+            async fn update_rollout(&self, id: i64, state: RolloutState, current_wave: i64, wave_started_ms: i64, now_ms: i64) -> StoreResult<()> {
                 sqlx::query("UPDATE rollouts SET state = $2, current_wave = $3, wave_started_ms = $4, updated_ms = $5 WHERE id = $1")
                     .bind(id)
-                    .bind(state)
+                    .bind(state.as_str())
                     .bind(current_wave)
                     .bind(wave_started_ms)
                     .bind(now_ms)
@@ -116,7 +165,7 @@ macro_rules! impl_rollout_store {
                         Ok(RolloutDeviceRecord {
                             device_id: row.try_get("device_id")?,
                             wave: row.try_get("wave")?,
-                            state: row.try_get("state")?,
+                            state: member_state(&row.try_get::<String, _>("state")?)?,
                             reason: row.try_get("reason")?,
                             from_version: row.try_get("from_version")?,
                             updated_ms: row.try_get("updated_ms")?,
@@ -138,18 +187,18 @@ macro_rules! impl_rollout_store {
                     .map(|row| {
                         Ok(RolloutDeviceCount {
                             rollout_id: row.try_get("rollout_id")?,
-                            state: row.try_get("state")?,
+                            state: member_state(&row.try_get::<String, _>("state")?)?,
                             n_devices: row.try_get("n_devices")?,
                         })
                     })
                     .collect()
             }
 
-            async fn update_rollout_device(&self, id: i64, device_id: &str, state: &str, reason: &str, now_ms: i64) -> StoreResult<()> {
+            async fn update_rollout_device(&self, id: i64, device_id: &str, state: MemberState, reason: &str, now_ms: i64) -> StoreResult<()> {
                 sqlx::query("UPDATE rollout_devices SET state = $3, reason = $4, updated_ms = $5 WHERE rollout_id = $1 AND device_id = $2")
                     .bind(id)
                     .bind(device_id)
-                    .bind(state)
+                    .bind(state.as_str())
                     .bind(reason)
                     .bind(now_ms)
                     .execute(&self.pool)
@@ -178,17 +227,17 @@ macro_rules! impl_rollout_store {
                     "INSERT INTO splits (model, selector, variants, created_ms, state) VALUES ($1, $2, $3, $4, $5) RETURNING id",
                 )
                 .bind(&split.model)
-                .bind(&split.selector)
-                .bind(&split.variants_json)
+                .bind(split.selector.to_string())
+                .bind(variants_json(&split.variants))
                 .bind(split.created_ms)
-                .bind(&split.state)
+                .bind(split.state.as_str())
                 .fetch_one(&self.pool)
                 .await?;
                 Ok(row.try_get("id")?)
             }
 
-            async fn update_split_state(&self, id: i64, state: &str) -> StoreResult<()> {
-                sqlx::query("UPDATE splits SET state = $1 WHERE id = $2").bind(state).bind(id).execute(&self.pool).await?;
+            async fn update_split_state(&self, id: i64, state: SplitState) -> StoreResult<()> {
+                sqlx::query("UPDATE splits SET state = $1 WHERE id = $2").bind(state.as_str()).bind(id).execute(&self.pool).await?;
                 Ok(())
             }
 

@@ -130,7 +130,7 @@ macro_rules! row_to_device {
             first_seen_ms: row.try_get("first_seen_ms")?,
             last_seen_ms: row.try_get("last_seen_ms")?,
             agent_version: row.try_get("agent_version")?,
-            slots_json: row.try_get("slots")?,
+            slots: super::slots::decode(&row.try_get::<String, _>("slots")?)?,
             last_refusal: row.try_get("last_refusal")?,
             vitals: DeviceVitals {
                 cpu_percent: row.try_get("cpu_percent")?,
@@ -227,7 +227,7 @@ macro_rules! impl_store {
                 .bind(labels_json(&update.labels))
                 .bind(update.at_ms)
                 .bind(&update.agent_version)
-                .bind(&update.slots_json)
+                .bind(super::slots::encode(&update.slots))
                 .bind(&update.last_refusal)
                 .execute(&mut *transaction)
                 .await?;

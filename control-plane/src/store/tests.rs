@@ -10,6 +10,8 @@ use fleetml_shared::selector::Selector;
 use sqlx::Connection;
 
 use super::*;
+use crate::experiments::split::{SplitState, SplitVariant};
+use crate::rollout::{MemberState, RolloutState};
 
 fn postgres_admin_url() -> String {
     std::env::var("FLEETML_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
@@ -49,7 +51,7 @@ fn update(device_id: &str, labels: &[(&str, &str)], at_ms: i64) -> ReportedUpdat
         device_id: device_id.into(),
         labels: labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect::<BTreeMap<_, _>>(),
         agent_version: "0.1.0".into(),
-        slots_json: "[]".into(),
+        slots: Vec::new(),
         last_refusal: None,
         at_ms,
     }
@@ -95,6 +97,47 @@ async fn devices_report_change_labels_and_go_offline() {
         store.apply_reported(&update("d0", &[], 6)).await.unwrap();
         let ids: Vec<String> = store.list_devices().await.unwrap().into_iter().map(|device| device.device_id).collect();
         assert_eq!(ids, ["d0", "d1"], "{backend}");
+    }
+}
+
+#[tokio::test]
+async fn reported_slots_come_back_typed() {
+    use crate::reported::{InstallVerdict, LastInstall, ReportedPhase, ReportedSlot};
+    use fleetml_shared::protocol::FailureKind;
+    for (store, _dir) in stores().await {
+        let backend = store.backend();
+        let slots = vec![
+            ReportedSlot {
+                model: "m".into(),
+                generation: 4,
+                phase: ReportedPhase::Fetching { received_bytes: Some(10), total_bytes: Some(30), attempts: Some(2) },
+                active_version: Some(1),
+                previous_version: None,
+                target_version: Some(2),
+                last_result: Some(LastInstall {
+                    version: 2,
+                    generation: 3,
+                    at_ms: 7,
+                    verdict: InstallVerdict::Refused { kind: FailureKind::Integrity, reason: "chunk 3".into() },
+                }),
+            },
+            ReportedSlot {
+                model: "m@shadow".into(),
+                generation: 1,
+                phase: ReportedPhase::Active,
+                active_version: Some(5),
+                previous_version: Some(4),
+                target_version: None,
+                last_result: Some(LastInstall {
+                    version: 5,
+                    generation: 1,
+                    at_ms: 8,
+                    verdict: InstallVerdict::Installed { self_test_ms: Some(0.5) },
+                }),
+            },
+        ];
+        store.apply_reported(&ReportedUpdate { slots: slots.clone(), ..update("d1", &[], 1) }).await.unwrap();
+        assert_eq!(store.get_device("d1").await.unwrap().unwrap().slots, slots, "{backend}");
     }
 }
 
@@ -299,52 +342,54 @@ async fn rollout_devices_are_counted_per_state_and_splits_listed() {
             id: 0,
             model: "m".into(),
             version: 2,
-            policy_json: "{}".into(),
-            state: "running".into(),
+            policy: crate::rollout::policy::PolicyDocument::parse(r#"{"target": {"devices": ["d1"]}, "waves": [{"size": 1}]}"#).unwrap(),
+            state: RolloutState::Running,
             current_wave: 0,
             wave_started_ms: 1,
             created_by: "admin".into(),
             created_ms: 1,
             updated_ms: 1,
         };
-        let member = |device_id: &str, state: &str| RolloutDeviceRecord {
+        let member = |device_id: &str, state: MemberState| RolloutDeviceRecord {
             device_id: device_id.into(),
             wave: 0,
-            state: state.into(),
+            state,
             reason: String::new(),
             from_version: Some(1),
             updated_ms: 1,
         };
-        let first =
-            store.create_rollout(&rollout, &[member("d1", "healthy"), member("d2", "pending"), member("d3", "healthy")]).await.unwrap();
-        let second = store.create_rollout(&rollout, &[member("d4", "failed")]).await.unwrap();
-        store.update_rollout(second, "paused", 0, 1, 2).await.unwrap();
-        let ended = store.create_rollout(&rollout, &[member("d5", "healthy")]).await.unwrap();
-        store.update_rollout(ended, "completed", 0, 1, 5).await.unwrap();
-        let count = |rollout_id: i64, state: &str, n_devices: i64| RolloutDeviceCount { rollout_id, state: state.into(), n_devices };
+        let (healthy, pending, failed) = (MemberState::Healthy, MemberState::Pending, MemberState::Failed);
+        let first = store.create_rollout(&rollout, &[member("d1", healthy), member("d2", pending), member("d3", healthy)]).await.unwrap();
+        let second = store.create_rollout(&rollout, &[member("d4", failed)]).await.unwrap();
+        store.update_rollout(second, RolloutState::Paused, 0, 1, 2).await.unwrap();
+        let ended = store.create_rollout(&rollout, &[member("d5", healthy)]).await.unwrap();
+        store.update_rollout(ended, RolloutState::Completed, 0, 1, 5).await.unwrap();
+        let count = |rollout_id: i64, state: MemberState, n_devices: i64| RolloutDeviceCount { rollout_id, state, n_devices };
         // Running and paused rollouts whatever their age; ended ones only when changed since.
         assert_eq!(
             store.rollout_device_counts(6).await.unwrap(),
-            vec![count(first, "healthy", 2), count(first, "pending", 1), count(second, "failed", 1)],
+            vec![count(first, healthy, 2), count(first, pending, 1), count(second, failed, 1)],
             "{backend}"
         );
-        assert_eq!(store.rollout_device_counts(5).await.unwrap().last(), Some(&count(ended, "healthy", 1)), "{backend}");
+        assert_eq!(store.rollout_device_counts(5).await.unwrap().last(), Some(&count(ended, healthy, 1)), "{backend}");
+        let stored = store.get_rollout(first).await.unwrap().unwrap();
+        assert_eq!((stored.state, stored.policy.clone()), (RolloutState::Running, rollout.policy.clone()), "{backend}");
 
         assert!(store.list_splits().await.unwrap().is_empty(), "{backend}");
         let split = |model: &str| SplitRecord {
             id: 0,
             model: model.into(),
-            selector: "site=a".into(),
-            variants_json: r#"[{"version":1,"weight":0.5},{"version":2,"weight":0.5}]"#.into(),
+            selector: Selector::parse("site=a").unwrap(),
+            variants: vec![SplitVariant { version: 1, weight: 0.5 }, SplitVariant { version: 2, weight: 0.5 }],
             created_ms: 5,
-            state: "running".into(),
+            state: SplitState::Running,
         };
         let a = store.create_split(&split("a")).await.unwrap();
         let b = store.create_split(&split("b")).await.unwrap();
         let listed = store.list_splits().await.unwrap();
         assert_eq!(listed.iter().map(|split| (split.id, split.model.as_str())).collect::<Vec<_>>(), [(a, "a"), (b, "b")], "{backend}");
         assert_eq!(listed[0], SplitRecord { id: a, ..split("a") }, "{backend}");
-        store.update_split_state(a, "promoted").await.unwrap();
-        assert_eq!(store.get_split(a).await.unwrap().map(|split| split.state), Some("promoted".into()), "{backend}");
+        store.update_split_state(a, SplitState::Promoted).await.unwrap();
+        assert_eq!(store.get_split(a).await.unwrap().map(|split| split.state), Some(SplitState::Promoted), "{backend}");
     }
 }

@@ -4,47 +4,22 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use fleetml_shared::histogram::Histogram;
-use fleetml_shared::signing::SigningKeyPair;
-use fleetml_shared::topics::Topics;
-use tokio::sync::mpsc;
+use fleetml_shared::protocol::FailureKind;
+use fleetml_shared::selector::Selector;
 use tower::ServiceExt;
 
 use super::*;
-use crate::api::views::InstallResultView;
-use crate::deployment::ControllerQueue;
-use crate::mqtt::PlaneLink;
+use crate::experiments::split::{SplitState, SplitVariant};
+use crate::reported::{InstallVerdict, LastInstall};
+use crate::rollout::policy::PolicyDocument;
 use crate::store::{InferenceWindow, ReportedUpdate, RolloutDeviceRecord};
 
-/// A plane core on a fresh SQLite store, with an MQTT handle that is never connected.
 async fn test_core(data_dir: &Path) -> Arc<PlaneCore> {
-    let store = crate::store::open(&format!("sqlite://{}", data_dir.join("plane.db").display())).await.unwrap();
-    let signer = SigningKeyPair::generate().unwrap();
-    let public_key_pem = signer.public_key().to_pem().unwrap();
-    let topics = Topics::new("fleetml");
-    let (ingest_sender, _) = mpsc::channel(1);
-    let (fetch_sender, _) = mpsc::channel(1);
-    let controller = Arc::new(ControllerQueue::default());
-    let counters = Arc::new(PlaneCounters::default());
-    let (_link, mqtt) = PlaneLink::new("127.0.0.1", 1, topics.clone(), ingest_sender, fetch_sender, controller.clone(), counters.clone());
-    Arc::new(PlaneCore {
-        store,
-        signer,
-        public_key_pem,
-        topics,
-        data_dir: data_dir.to_path_buf(),
-        broker_url: "mqtt://127.0.0.1:1".into(),
-        mqtt,
-        counters,
-        controller,
-        coalesce_window: Duration::from_millis(10),
-        drift_latest: crate::drift::LatestDrift::default(),
-        push_lock: tokio::sync::Mutex::new(()),
-    })
+    crate::testing::core(data_dir).await
 }
 
 // ---------------------------------------------------------------- a parser of the text format
@@ -213,16 +188,28 @@ fn check_histogram(name: &str, family: &ParsedFamily) {
 
 // ---------------------------------------------------------------- the route
 
-fn slot(model: &str, phase: &str) -> SlotView {
-    SlotView { phase: phase.into(), generation: 1, ..SlotView::pending(model) }
+fn slot(model: &str, phase: ReportedPhase) -> ReportedSlot {
+    ReportedSlot {
+        model: model.into(),
+        generation: 1,
+        phase,
+        active_version: None,
+        previous_version: None,
+        target_version: None,
+        last_result: None,
+    }
 }
 
-fn reported(device_id: &str, site: &str, slots: &[SlotView]) -> ReportedUpdate {
+fn fetching() -> ReportedPhase {
+    ReportedPhase::Fetching { received_bytes: Some(1), total_bytes: Some(2), attempts: Some(1) }
+}
+
+fn reported(device_id: &str, site: &str, slots: &[ReportedSlot]) -> ReportedUpdate {
     ReportedUpdate {
         device_id: device_id.into(),
         labels: [("site".to_string(), site.to_string())].into_iter().collect(),
         agent_version: "0.1.0".into(),
-        slots_json: serde_json::to_string(slots).unwrap(),
+        slots: slots.to_vec(),
         last_refusal: None,
         at_ms: 1,
     }
@@ -257,18 +244,15 @@ async fn metrics_route_exports_the_fleet_inference_rollouts_splits_and_counters_
     let core = test_core(dir.path()).await;
     let store = &core.store;
 
-    let active = SlotView { active_version: Some(2), ..slot("m", "active") };
-    let fetching = SlotView { active_version: Some(2), target_version: Some(3), ..slot("m", "fetching") };
-    let refused = InstallResultView {
+    let active = ReportedSlot { active_version: Some(2), ..slot("m", ReportedPhase::Active) };
+    let fetching = ReportedSlot { active_version: Some(2), target_version: Some(3), ..slot("m", fetching()) };
+    let refused = LastInstall {
         version: 3,
         generation: 1,
         at_ms: 1,
-        ok: false,
-        kind: Some("self_test".into()),
-        reason: Some("outputs differ".into()),
-        self_test_ms: None,
+        verdict: InstallVerdict::Refused { kind: FailureKind::SelfTest, reason: "outputs differ".into() },
     };
-    let failed = SlotView { active_version: Some(2), last_result: Some(refused), ..slot("m", "failed") };
+    let failed = ReportedSlot { active_version: Some(2), last_result: Some(refused), ..slot("m", ReportedPhase::Failed) };
     store.apply_reported(&reported("d1", "a", std::slice::from_ref(&active))).await.unwrap();
     store.apply_reported(&reported("d2", "a", &[fetching])).await.unwrap();
     store.apply_reported(&reported("d3", "b", &[failed])).await.unwrap();
@@ -301,37 +285,40 @@ async fn metrics_route_exports_the_fleet_inference_rollouts_splits_and_counters_
         id: 0,
         model: "m".into(),
         version: 3,
-        policy_json: "{}".into(),
-        state: "running".into(),
+        policy: PolicyDocument::parse(r#"{"target": {"devices": ["d2"]}, "waves": [{"size": 1}]}"#).unwrap(),
+        state: RolloutState::Running,
         current_wave: 1,
         wave_started_ms: now_ms,
         created_by: "admin".into(),
         created_ms: now_ms,
         updated_ms: now_ms,
     };
-    let member = |device_id: &str, wave: i64, state: &str| RolloutDeviceRecord {
+    let member = |device_id: &str, wave: i64, state: MemberState| RolloutDeviceRecord {
         device_id: device_id.into(),
         wave,
-        state: state.into(),
+        state,
         reason: String::new(),
         from_version: Some(2),
         updated_ms: now_ms,
     };
     let rollout_id = store
-        .create_rollout(&rollout, &[member("d2", 0, "downloading"), member("d3", 0, "failed"), member("d4", 1, "pending")])
+        .create_rollout(
+            &rollout,
+            &[member("d2", 0, MemberState::Downloading), member("d3", 0, MemberState::Failed), member("d4", 1, MemberState::Pending)],
+        )
         .await
         .unwrap();
     // Ended long ago: no longer exported.
     let old_id = store.create_rollout(&rollout, &[]).await.unwrap();
-    store.update_rollout(old_id, "completed", 1, now_ms, now_ms - ENDED_ROLLOUT_RETENTION_MS - 1).await.unwrap();
+    store.update_rollout(old_id, RolloutState::Completed, 1, now_ms, now_ms - ENDED_ROLLOUT_RETENTION_MS - 1).await.unwrap();
     let split_id = store
         .create_split(&SplitRecord {
             id: 0,
             model: "m".into(),
-            selector: "site=a".into(),
-            variants_json: r#"[{"version":2,"weight":0.75},{"version":3,"weight":0.25}]"#.into(),
+            selector: Selector::parse("site=a").unwrap(),
+            variants: vec![SplitVariant { version: 2, weight: 0.75 }, SplitVariant { version: 3, weight: 0.25 }],
             created_ms: 1,
-            state: "running".into(),
+            state: SplitState::Running,
         })
         .await
         .unwrap();
@@ -379,14 +366,14 @@ async fn metrics_route_exports_the_fleet_inference_rollouts_splits_and_counters_
 
     // Rollouts: every state a 0/1 gauge, devices per state including the empty ones.
     let id = rollout_id.to_string();
-    for state in ROLLOUT_STATES {
-        let labels = [("rollout", id.as_str()), ("model", "m"), ("version", "3"), ("state", state)];
-        assert_eq!(parsed.value("fleetml_rollout_state", &labels), if state == "running" { 1.0 } else { 0.0 }, "{state}");
+    for state in RolloutState::ALL {
+        let labels = [("rollout", id.as_str()), ("model", "m"), ("version", "3"), ("state", state.as_str())];
+        assert_eq!(parsed.value("fleetml_rollout_state", &labels), if state == RolloutState::Running { 1.0 } else { 0.0 }, "{state:?}");
     }
     assert_eq!(parsed.value("fleetml_rollout_wave", &[("rollout", &id), ("model", "m"), ("version", "3")]), 1.0);
     let rollout_devices = |state: &str| parsed.value("fleetml_rollout_devices", &[("rollout", &id), ("state", state)]);
     assert_eq!((rollout_devices("downloading"), rollout_devices("failed"), rollout_devices("pending")), (1.0, 1.0, 1.0));
-    assert_eq!(rollout_devices("healthy"), 0.0);
+    assert_eq!((rollout_devices("healthy"), rollout_devices("offline")), (0.0, 0.0));
     let old_id = old_id.to_string();
     assert!(parsed.families.values().flat_map(|family| &family.samples).all(|(_, labels, _)| labels.get("rollout") != Some(&old_id)));
 
@@ -472,12 +459,12 @@ fn latency_bounds_are_boundaries_of_the_device_histogram() {
 #[test]
 fn slot_states_name_the_version_they_are_about() {
     #[track_caller]
-    fn check(slot: SlotView, expected: (&str, &str)) {
+    fn check(slot: ReportedSlot, expected: (&str, &str)) {
         let (version, state) = slot_state(&slot);
         assert_eq!((version.as_str(), state), expected);
     }
-    check(SlotView { active_version: Some(2), ..slot("m", "active") }, ("2", "active"));
-    check(SlotView { active_version: Some(2), target_version: Some(3), ..slot("m", "installing") }, ("3", "installing"));
-    check(SlotView { active_version: None, target_version: Some(3), ..slot("m", "failed") }, ("3", "failed"));
-    check(slot("m", "idle"), ("", "idle"));
+    check(ReportedSlot { active_version: Some(2), ..slot("m", ReportedPhase::Active) }, ("2", "active"));
+    check(ReportedSlot { active_version: Some(2), target_version: Some(3), ..slot("m", ReportedPhase::Installing) }, ("3", "installing"));
+    check(ReportedSlot { active_version: None, target_version: Some(3), ..slot("m", ReportedPhase::Failed) }, ("3", "failed"));
+    check(slot("m", ReportedPhase::Idle), ("", "idle"));
 }

@@ -1,6 +1,7 @@
 //! The deployment controller: turns standing deployments (model version → device or
 //! selector) into each device's signed desired state, and keeps the retained copies on the
-//! broker. It only writes desired state; agents do the rest and report back.
+//! broker. It only writes desired state; agents do the rest and report back. The queue of
+//! its work (`ControllerQueue`) is what the rest of the plane pokes.
 //!
 //! Invariant: for each (device, model) the generation only grows; a target older than what
 //! the device was last told or runs carries an explicit rollback permission.
@@ -16,9 +17,10 @@ use std::sync::Mutex;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::deciding_deployment_in;
 use crate::PlaneCore;
-use crate::api::views::parse_slots;
-use crate::store::{DeploymentRecord, DeploymentRole, DeploymentTarget, DesiredRecord, DeviceRecord, StoreError};
+use crate::reported;
+use crate::store::{DeploymentRecord, DeploymentRole, DesiredRecord, DeviceRecord, StoreError};
 
 #[derive(Debug)]
 pub enum ControllerCommand {
@@ -79,32 +81,6 @@ impl ControllerQueue {
 
 pub struct DeploymentController {
     pub core: Arc<PlaneCore>,
-}
-
-/// Whether a deployment targets a device.
-pub fn targets(deployment: &DeploymentRecord, device: &DeviceRecord) -> bool {
-    match &deployment.target {
-        DeploymentTarget::Device(device_id) => *device_id == device.device_id,
-        DeploymentTarget::Selector(selector) => selector.matches(&device.labels),
-    }
-}
-
-/// The deployment that decides a model's active version on a device: the newest one targeting it.
-pub fn deciding_deployment<'a>(deployments: &'a [DeploymentRecord], model: &str, device: &DeviceRecord) -> Option<&'a DeploymentRecord> {
-    deciding_deployment_in(deployments, model, DeploymentRole::Active, device)
-}
-
-/// The deployment that decides what a device holds in one of a model's slots.
-pub fn deciding_deployment_in<'a>(
-    deployments: &'a [DeploymentRecord],
-    model: &str,
-    role: DeploymentRole,
-    device: &DeviceRecord,
-) -> Option<&'a DeploymentRecord> {
-    deployments
-        .iter()
-        .filter(|deployment| deployment.model == model && deployment.role == role && targets(deployment, device))
-        .max_by_key(|deployment| deployment.id)
 }
 
 impl DeploymentController {
@@ -173,7 +149,7 @@ impl DeploymentController {
     async fn ensure_desired(&self, device: &DeviceRecord, deployment: &DeploymentRecord) -> Result<bool, StoreError> {
         let slot_key = deployment.role.slot_key(&deployment.model);
         let current = self.core.store.get_desired(&device.device_id, &slot_key).await?;
-        let reported_slot = parse_slots(&device.slots_json).into_iter().find(|slot| slot.model == slot_key);
+        let reported_slot = reported::slot(&device.slots, &slot_key);
         let reported_generation = reported_slot.as_ref().map(|slot| slot.generation as i64).unwrap_or(0);
         let current_generation = current.as_ref().map(|current| current.generation).unwrap_or(0);
         // Version 0 withdraws the slot.
@@ -256,47 +232,5 @@ impl DeploymentController {
             self.core.counters.desired_published.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::DeviceVitals;
-    use fleetml_shared::selector::Selector;
-    use std::collections::BTreeMap;
-
-    fn device(device_id: &str, labels: &[(&str, &str)]) -> DeviceRecord {
-        DeviceRecord {
-            device_id: device_id.into(),
-            labels: labels.iter().map(|(key, value)| (key.to_string(), value.to_string())).collect::<BTreeMap<_, _>>(),
-            online: true,
-            first_seen_ms: 0,
-            last_seen_ms: 0,
-            agent_version: String::new(),
-            slots_json: "[]".into(),
-            last_refusal: None,
-            vitals: DeviceVitals::default(),
-        }
-    }
-
-    fn deployment(id: i64, model: &str, version: i64, target: DeploymentTarget) -> DeploymentRecord {
-        DeploymentRecord { id, model: model.into(), version, role: DeploymentRole::Active, target, created_ms: 0 }
-    }
-
-    #[test]
-    fn the_newest_matching_deployment_decides_per_model() {
-        let deployments = vec![
-            deployment(1, "m", 1, DeploymentTarget::Selector(Selector::parse("").unwrap())),
-            deployment(2, "m", 2, DeploymentTarget::Selector(Selector::parse("site=a").unwrap())),
-            deployment(3, "m", 3, DeploymentTarget::Device("d9".into())),
-            deployment(4, "other", 7, DeploymentTarget::Selector(Selector::parse("site=b").unwrap())),
-        ];
-        let decide = |device: &DeviceRecord, model: &str| deciding_deployment(&deployments, model, device).map(|found| found.version);
-        assert_eq!(decide(&device("d1", &[("site", "a")]), "m"), Some(2));
-        assert_eq!(decide(&device("d2", &[("site", "b")]), "m"), Some(1));
-        assert_eq!(decide(&device("d9", &[("site", "a")]), "m"), Some(3));
-        assert_eq!(decide(&device("d2", &[("site", "b")]), "other"), Some(7));
-        assert_eq!(decide(&device("d1", &[("site", "a")]), "other"), None);
     }
 }

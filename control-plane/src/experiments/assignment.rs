@@ -1,7 +1,7 @@
 //! A/B assignment: a device's variant is a stable hash of the experiment and the device id,
 //! so it survives restarts and needs no stored table.
 
-use super::plan::rank;
+use crate::rollout::plan::rank;
 
 /// The variant `device_id` gets among `(name, weight)` pairs (weights need not sum to 1).
 pub fn assign<'a>(experiment: &str, device_id: &str, variants: &'a [(String, f64)]) -> Option<&'a str> {
