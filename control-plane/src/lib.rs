@@ -268,3 +268,6 @@ pub(crate) mod testing {
         })
     }
 }
+
+#[cfg(test)]
+mod tidy;

@@ -37,6 +37,16 @@ pub enum ReportedPhase {
 }
 
 impl ReportedPhase {
+    /// Bytes received, bytes in all and fetch attempts, while fetching.
+    pub fn transfer_progress(self) -> (Option<u64>, Option<u64>, Option<u32>) {
+        match self {
+            ReportedPhase::Fetching { received_bytes, total_bytes, attempts } => (received_bytes, total_bytes, attempts),
+            ReportedPhase::Idle | ReportedPhase::Verifying | ReportedPhase::Installing | ReportedPhase::Active | ReportedPhase::Failed => {
+                (None, None, None)
+            }
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ReportedPhase::Idle => "idle",
@@ -65,6 +75,14 @@ pub enum InstallVerdict {
 }
 
 impl LastInstall {
+    /// Whether it installed, the refusal's kind and reason, and the self-test's duration.
+    pub fn parts(&self) -> (bool, Option<&'static str>, Option<&str>, Option<f32>) {
+        match &self.verdict {
+            InstallVerdict::Installed { self_test_ms } => (true, None, None, *self_test_ms),
+            InstallVerdict::Refused { kind, reason } => (false, Some(kind.as_str()), Some(reason), None),
+        }
+    }
+
     pub fn is_ok(&self) -> bool {
         matches!(self.verdict, InstallVerdict::Installed { .. })
     }

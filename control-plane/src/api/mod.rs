@@ -9,6 +9,8 @@ pub mod rollouts;
 pub mod runs;
 pub mod shadows;
 pub mod splits;
+#[cfg(test)]
+mod tests;
 pub mod views;
 
 use std::collections::BTreeMap;

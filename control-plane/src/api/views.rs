@@ -10,7 +10,7 @@ use serde_json::Value;
 use crate::experiments::shadow::ShadowStatus;
 use crate::experiments::split::{OutputDistribution, SplitStatus, WinnerRule};
 use crate::registry::ModelSchema;
-use crate::reported::{InstallVerdict, ReportedPhase, ReportedSlot};
+use crate::reported::ReportedSlot;
 use crate::rollout::MemberState;
 use crate::rollout::actions::RolloutStatus;
 use crate::store::{DeploymentRecord, DeploymentTarget, DeviceRecord, ModelVersionRecord, RunRecord};
@@ -69,10 +69,7 @@ impl SlotView {
     }
 
     pub fn from_reported(slot: &ReportedSlot) -> Self {
-        let (received_bytes, total_bytes, fetch_attempts) = match slot.phase {
-            ReportedPhase::Fetching { received_bytes, total_bytes, attempts } => (received_bytes, total_bytes, attempts),
-            _ => (None, None, None),
-        };
+        let (received_bytes, total_bytes, fetch_attempts) = slot.phase.transfer_progress();
         SlotView {
             model: slot.model.clone(),
             generation: slot.generation,
@@ -84,17 +81,14 @@ impl SlotView {
             previous_version: slot.previous_version,
             target_version: slot.target_version,
             last_result: slot.last_result.as_ref().map(|result| {
-                let (ok, kind, reason, self_test_ms) = match &result.verdict {
-                    InstallVerdict::Installed { self_test_ms } => (true, None, None, *self_test_ms),
-                    InstallVerdict::Refused { kind, reason } => (false, Some(kind.as_str().to_string()), Some(reason.clone()), None),
-                };
+                let (ok, kind, reason, self_test_ms) = result.parts();
                 InstallResultView {
                     version: result.version,
                     generation: result.generation,
                     at_ms: result.at_ms,
                     ok,
-                    kind,
-                    reason,
+                    kind: kind.map(str::to_string),
+                    reason: reason.map(str::to_string),
                     self_test_ms,
                 }
             }),

@@ -54,10 +54,7 @@ pub(crate) fn decode(json: &str) -> Result<Vec<ReportedSlot>, StoreError> {
 }
 
 fn stored_slot(slot: &ReportedSlot) -> StoredSlot {
-    let (received_bytes, total_bytes, fetch_attempts) = match slot.phase {
-        ReportedPhase::Fetching { received_bytes, total_bytes, attempts } => (received_bytes, total_bytes, attempts),
-        _ => (None, None, None),
-    };
+    let (received_bytes, total_bytes, fetch_attempts) = slot.phase.transfer_progress();
     StoredSlot {
         model: slot.model.clone(),
         generation: slot.generation,
@@ -68,25 +65,17 @@ fn stored_slot(slot: &ReportedSlot) -> StoredSlot {
         active_version: slot.active_version,
         previous_version: slot.previous_version,
         target_version: slot.target_version,
-        last_result: slot.last_result.as_ref().map(|result| match &result.verdict {
-            InstallVerdict::Installed { self_test_ms } => StoredInstall {
+        last_result: slot.last_result.as_ref().map(|result| {
+            let (ok, kind, reason, self_test_ms) = result.parts();
+            StoredInstall {
                 version: result.version,
                 generation: result.generation,
                 at_ms: result.at_ms,
-                ok: true,
-                kind: None,
-                reason: None,
-                self_test_ms: *self_test_ms,
-            },
-            InstallVerdict::Refused { kind, reason } => StoredInstall {
-                version: result.version,
-                generation: result.generation,
-                at_ms: result.at_ms,
-                ok: false,
-                kind: Some(kind.as_str().to_string()),
-                reason: Some(reason.clone()),
-                self_test_ms: None,
-            },
+                ok,
+                kind: kind.map(str::to_string),
+                reason: reason.map(str::to_string),
+                self_test_ms,
+            }
         }),
         desired_version: None,
         desired_generation: None,

@@ -7,8 +7,9 @@ use datasketches::frequencies::ErrorType;
 use serde::Serialize;
 
 use super::kll_view::WeightedCdf;
+use super::moments::Moments;
 use super::profile::{FeatureKind, Metric, Profile, Reference, Thresholds};
-use super::window::{MergedFeature, MergedWindow, Moments};
+use super::window::{MergedFeature, MergedWindow};
 use super::{FloatKll, Side};
 
 /// Share given to an empty bin by PSI (Evidently's smoothing), so the log stays finite.

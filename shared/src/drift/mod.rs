@@ -16,6 +16,7 @@
 use thiserror::Error;
 
 pub mod metrics;
+pub mod moments;
 pub mod profile;
 pub mod window;
 

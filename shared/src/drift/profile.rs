@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use datasketches::kll::KllFloat;
 use serde::{Deserialize, Serialize};
 
-use super::window::Moments;
+use super::moments::Moments;
 use super::{DriftError, FloatKll, Side};
 
 /// The `format` field every profile carries.

@@ -1,140 +1,29 @@
-//! Drift on the device: a tap per active model version that has a reference profile feeds
-//! every answered request's inputs and outputs into a `WindowAccumulator`, and closes a
-//! window every N seconds or M samples; the outbox keeps closed windows on disk (bounded)
-//! and sends them when the broker is connected, resending the recently sent ones after a
-//! reconnect. The plane keeps one copy per (device, model, version, seq), so a window is
-//! counted once however often it travels.
+//! The drift outbox: closed windows kept on disk in `{state}/drift-outbox/` until the broker
+//! has them, sent in order while the link is up and resent after a reconnect.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 
-use fleetml_shared::bundle::{TensorData, TensorValues};
-use fleetml_shared::drift::Side;
-use fleetml_shared::drift::profile::Profile;
-use fleetml_shared::drift::window::{self, DriftWindow, WindowAccumulator};
 use fleetml_shared::now_ms;
 use fleetml_shared::protocol::{self, DriftWindowReport, Telemetry};
 use fleetml_shared::topics::Topics;
-use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use super::ClosedWindow;
 use crate::host::ModelHost;
 use crate::link::LinkHandle;
 
-/// Closed windows waiting to be written to the outbox. When full (the disk is stalled), a
-/// window is dropped and counted: the request path never waits on it.
-pub const CLOSED_WINDOWS_CAPACITY: usize = 256;
 /// How long a sent window is kept to be sent again if the connection drops before the broker
 /// has it (QoS 1 acknowledgements are not tracked per message).
 const SENT_KEEP: Duration = Duration::from_secs(60);
 const TICK: Duration = Duration::from_millis(250);
 const PENDING_SUFFIX: &str = "win";
 const SENT_SUFFIX: &str = "sent";
-
-/// A closed window on its way to the outbox.
-#[derive(Debug)]
-pub struct ClosedWindow {
-    pub model: String,
-    pub version: u64,
-    pub window: DriftWindow,
-}
-
-/// Where taps send closed windows, and the agent's window overrides.
-#[derive(Clone)]
-pub struct DriftSink {
-    pub sender: mpsc::Sender<ClosedWindow>,
-    pub window: Option<Duration>,
-    pub window_samples: Option<u64>,
-}
-
-struct TapState {
-    accumulator: WindowAccumulator,
-    started_at_ms: u64,
-}
-
-/// Summarises one active model version's traffic into drift windows.
-pub struct DriftTap {
-    pub model: String,
-    pub version: u64,
-    window_ms: u64,
-    window_samples: u64,
-    state: Mutex<TapState>,
-    sink: DriftSink,
-    /// Windows dropped because the outbox channel was full.
-    pub dropped: std::sync::atomic::AtomicU64,
-    /// Requests whose tensors did not fit the profile (counted, not fatal).
-    pub observe_errors: std::sync::atomic::AtomicU64,
-}
-
-impl DriftTap {
-    pub fn new(profile: &Profile, model: &str, version: u64, sink: DriftSink) -> DriftTap {
-        let spec = profile.window();
-        DriftTap {
-            model: model.to_string(),
-            version,
-            window_ms: sink.window.map(|window| window.as_millis() as u64).unwrap_or(spec.seconds.saturating_mul(1000)).max(1),
-            window_samples: sink.window_samples.unwrap_or(spec.samples).max(1),
-            state: Mutex::new(TapState { accumulator: WindowAccumulator::new(profile), started_at_ms: now_ms() }),
-            sink,
-            dropped: Default::default(),
-            observe_errors: Default::default(),
-        }
-    }
-
-    /// Feeds one answered request; closes the window when it holds enough samples.
-    pub fn observe(&self, inputs: &[TensorData], outputs: &[TensorData]) {
-        let Ok(mut state) = self.state.lock() else { return };
-        let sides = [(Side::Input, inputs), (Side::Output, outputs)];
-        for (side, tensors) in sides {
-            for tensor in tensors {
-                let values = match &tensor.values {
-                    TensorValues::F32(values) => window::TensorValues::F32(values),
-                    TensorValues::I64(values) => window::TensorValues::I64(values),
-                };
-                // A 1-D tensor is a batch of single values; otherwise rows are the first axis.
-                let row_len: usize = if tensor.shape.len() <= 1 { 1 } else { tensor.shape[1..].iter().product::<u64>() as usize };
-                if let Err(error) = state.accumulator.observe(side, &tensor.name, values, row_len) {
-                    self.observe_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    tracing::debug!(model = %self.model, %error, "request not summarised for drift");
-                }
-            }
-        }
-        if state.accumulator.samples() >= self.window_samples {
-            self.close(&mut state, now_ms());
-        }
-    }
-
-    /// Closes the window if it is old enough and holds anything.
-    pub fn close_if_due(&self, now_ms: u64) {
-        let Ok(mut state) = self.state.lock() else { return };
-        if now_ms.saturating_sub(state.started_at_ms) >= self.window_ms {
-            self.close(&mut state, now_ms);
-        }
-    }
-
-    /// Closes the window now, whatever its age (shutdown, or the version is replaced).
-    pub fn close_now(&self, now_ms: u64) {
-        if let Ok(mut state) = self.state.lock() {
-            self.close(&mut state, now_ms);
-        }
-    }
-
-    fn close(&self, state: &mut TapState, now_ms: u64) {
-        let started_at_ms = std::mem::replace(&mut state.started_at_ms, now_ms);
-        if let Some(window) = state.accumulator.take(started_at_ms, now_ms) {
-            let closed = ClosedWindow { model: self.model.clone(), version: self.version, window };
-            if self.sink.sender.try_send(closed).is_err() {
-                self.dropped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(model = %self.model, "drift window dropped: the outbox is not keeping up");
-            }
-        }
-    }
-}
 
 /// Keeps closed windows on disk until they are sent; bounded by `max_windows` (the oldest
 /// are dropped first, and the count travels with the next window).
