@@ -121,6 +121,19 @@ impl ArtifactStore {
         Ok(())
     }
 
+    /// Moves an upload into place as the file `relative` names (atomic: a rename).
+    pub async fn put_upload(&self, relative: &str, upload: crate::uploads::Upload) -> Result<(), ArtifactError> {
+        let path = self.resolve(relative)?;
+        let io = |source| ArtifactError::Io { what: format!("storing the artifact {relative}"), source };
+        if path == self.root {
+            return Err(ArtifactError::InvalidPath { path: relative.to_string(), why: "names the root, not a file" });
+        }
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io)?;
+        }
+        upload.persist(&path).await.map_err(io)
+    }
+
     pub async fn get(&self, relative: &str) -> Result<Vec<u8>, ArtifactError> {
         let path = self.resolve(relative)?;
         tokio::fs::read(&path).await.map_err(|_| ArtifactError::NotFound(relative.to_string()))

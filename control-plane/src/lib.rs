@@ -27,6 +27,7 @@ pub mod rollout;
 pub mod store;
 pub mod telemetry;
 pub mod tracking;
+pub mod uploads;
 pub mod versions;
 
 use std::net::SocketAddr;
@@ -54,6 +55,10 @@ use crate::store::Store;
 /// reading, which pushes back on the broker.
 const INBOUND_CAPACITY: usize = 4096;
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Large uploads (pushes, artifacts) arriving at once; more are answered 429. Each costs a
+/// frame of memory while it arrives, then a push holds its model in memory while it is
+/// checked and signed, one at a time (`push_lock`).
+pub const MAX_CONCURRENT_UPLOADS: usize = 4;
 
 #[derive(Default)]
 pub struct PlaneCounters {
@@ -87,6 +92,8 @@ pub struct PlaneCore {
     /// The latest judged drift period per version (for `/metrics`).
     pub drift_latest: drift::LatestDrift,
     pub artifacts: ArtifactStore,
+    /// Caps the large uploads (pushes, artifacts) that may arrive at once.
+    pub uploads: uploads::UploadPermits,
     /// Serialises pushes so version numbers are assigned without races.
     pub(crate) push_lock: tokio::sync::Mutex<()>,
 }
@@ -163,6 +170,7 @@ pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &Cancella
         coalesce_window: config.coalesce_window,
         drift_latest: drift::LatestDrift::default(),
         artifacts: ArtifactStore::new(config.data_dir.join("artifacts")),
+        uploads: uploads::UploadPermits::new(MAX_CONCURRENT_UPLOADS),
         push_lock: tokio::sync::Mutex::new(()),
     });
     spawn_actor(tracker, "mqtt", link.run(cancel.clone()));
@@ -264,6 +272,7 @@ pub(crate) mod testing {
             coalesce_window: Duration::from_millis(10),
             drift_latest: crate::drift::LatestDrift::default(),
             artifacts: ArtifactStore::new(data_dir.join("artifacts")),
+            uploads: uploads::UploadPermits::new(MAX_CONCURRENT_UPLOADS),
             push_lock: tokio::sync::Mutex::new(()),
         })
     }

@@ -11,6 +11,7 @@ use fleetml_shared::topics::is_valid_name;
 use crate::PlaneCore;
 use crate::registry::{self, BundleOptions, DEFAULT_SELF_TEST_TOLERANCE, ModelError, ModelSchema};
 use crate::store::{BundleRecord, ModelVersionRecord, StoreError};
+use crate::uploads::Upload;
 
 const DEFAULT_EXPIRY_DAYS: u64 = 365;
 
@@ -100,12 +101,25 @@ pub fn bundle_path(core: &PlaneCore, digest: &BundleDigest) -> PathBuf {
     core.data_dir.join("bundles").join(format!("{}.bundle", digest.to_hex()))
 }
 
+/// The ONNX file of a push: in memory (MLflow artifacts, the demo) or still on disk as it was
+/// uploaded, read only once the push's turn comes, so waiting pushes hold no model in memory.
+pub enum Onnx {
+    Bytes(Vec<u8>),
+    Upload(Upload),
+}
+
 /// Registers the next version of `model`: checks it with tract, builds and signs the bundle,
-/// stores it. The CPU work runs off the reactor.
-pub async fn push(core: &PlaneCore, model: &str, onnx: Vec<u8>, push: PushOptions) -> Result<PushedVersion, VersionError> {
+/// stores it. One push at a time holds its model in memory; the CPU work runs off the reactor.
+pub async fn push(core: &PlaneCore, model: &str, onnx: Onnx, push: PushOptions) -> Result<PushedVersion, VersionError> {
     check_model_name(model)?;
     let PushOptions { description, expires_in_days, latency_budget_ms, source, run_id, profile } = push;
     let _guard = core.push_lock.lock().await;
+    let onnx = match onnx {
+        Onnx::Bytes(bytes) => bytes,
+        Onnx::Upload(upload) => {
+            tokio::fs::read(upload.path()).await.map_err(|error| VersionError::Internal(format!("reading the upload: {error}")))?
+        }
+    };
     let version = core.store.latest_version(model).await?.unwrap_or(0) + 1;
     let expires_in_days = expires_in_days.unwrap_or(DEFAULT_EXPIRY_DAYS);
     let options = BundleOptions {

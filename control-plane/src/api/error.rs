@@ -13,6 +13,7 @@ use crate::experiments::ExperimentError;
 use crate::rollout::actions::RolloutError;
 use crate::store::StoreError;
 use crate::tracking::TrackingError;
+use crate::uploads::UploadError;
 use crate::versions::VersionError;
 
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +39,8 @@ pub enum ApiError {
     Artifact(#[from] ArtifactError),
     #[error(transparent)]
     Tracking(#[from] TrackingError),
+    #[error(transparent)]
+    Upload(#[from] UploadError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -132,6 +135,15 @@ pub fn tracking_status(error: &TrackingError) -> Status {
     }
 }
 
+pub fn upload_status(error: &UploadError) -> Status {
+    match error {
+        UploadError::TooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+        UploadError::Busy { .. } => (StatusCode::TOO_MANY_REQUESTS, "busy"),
+        UploadError::Body(_) => BAD_REQUEST,
+        UploadError::Io(_) => INTERNAL,
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> Status {
         match self {
@@ -145,6 +157,7 @@ impl ApiError {
             ApiError::Drift(error) => drift_status(error),
             ApiError::Artifact(error) => artifact_status(error),
             ApiError::Tracking(error) => tracking_status(error),
+            ApiError::Upload(error) => upload_status(error),
             ApiError::Store(error) => store_status(error),
             ApiError::Internal(_) => INTERNAL,
         }
@@ -166,6 +179,10 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response()
+        let mut response = (status, Json(serde_json::json!({ "error": code, "message": message }))).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        }
+        response
     }
 }

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -33,6 +33,7 @@ use crate::PlaneCore;
 use crate::deployment::{self, DeployError};
 use crate::keys::token_hash;
 use crate::telemetry::InferenceFigures;
+use crate::uploads;
 use crate::versions::{self, PushOptions, VersionError};
 
 /// The largest ONNX file `model push` accepts.
@@ -42,7 +43,7 @@ pub fn router(core: Arc<PlaneCore>) -> Router {
     let authenticated = Router::new()
         .route("/status", get(status))
         .route("/models", get(list_models))
-        .route("/models/{name}/versions", post(push_version).get(list_versions).layer(DefaultBodyLimit::max(MAX_MODEL_BYTES)))
+        .route("/models/{name}/versions", post(push_version).get(list_versions))
         .route("/models/{name}/versions/{version}", get(get_version))
         .route("/models/{name}/versions/{version}/bundle", get(download_bundle))
         .route("/models/{name}/versions/{version}/stats", get(version_stats))
@@ -128,15 +129,17 @@ async fn status(State(core): State<Arc<PlaneCore>>) -> Json<StatusView> {
     })
 }
 
-/// `POST /api/v1/models/{name}/versions`: the body is the ONNX file.
+/// `POST /api/v1/models/{name}/versions`: the body is the ONNX file, streamed to disk.
 async fn push_version(
     State(core): State<Arc<PlaneCore>>,
     Path(name): Path<String>,
     Query(query): Query<views::PushQuery>,
-    body: Bytes,
+    body: Body,
 ) -> Result<(StatusCode, Json<views::PushResponse>), ApiError> {
     versions::check_model_name(&name)?;
-    if body.is_empty() {
+    let _permit = core.uploads.try_acquire()?;
+    let upload = uploads::receive(&core.data_dir.join("uploads"), body, MAX_MODEL_BYTES as u64).await?;
+    if upload.len == 0 {
         return Err(ApiError::BadRequest("the request body must be the ONNX file".into()));
     }
     let profile = match &query.profile {
@@ -150,7 +153,7 @@ async fn push_version(
         latency_budget_ms: query.latency_budget_ms,
         ..PushOptions::default()
     };
-    let pushed = versions::push(&core, &name, body.to_vec(), push).await?;
+    let pushed = versions::push(&core, &name, versions::Onnx::Upload(upload), push).await?;
     Ok((StatusCode::CREATED, Json(views::PushResponse::from_pushed(pushed))))
 }
 

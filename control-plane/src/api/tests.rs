@@ -31,7 +31,7 @@ async fn fixture() -> Fixture {
     core.store.insert_token(&crate::keys::token_hash(TOKEN), "test", 1).await.unwrap();
     for seed in [1, 2] {
         let onnx = Classifier::random(4, 0, seed).to_onnx("t");
-        versions::push(&core, "classifier", onnx, PushOptions::default()).await.unwrap();
+        versions::push(&core, "classifier", versions::Onnx::Bytes(onnx), PushOptions::default()).await.unwrap();
     }
     versions::register_without_bundle(&core, "classifier", PushOptions::default()).await.unwrap();
     for device_id in ["d1", "d2"] {
@@ -255,4 +255,43 @@ async fn mlflow_errors_carry_the_codes_its_client_branches_on() {
         (StatusCode::BAD_REQUEST, Some("INVALID_PARAMETER_VALUE".into()))
     );
     assert_eq!(core.artifacts.get("1/run/keep.txt").await.unwrap(), b"kept");
+}
+
+#[tokio::test]
+async fn stats_take_any_lookback_without_wrapping() {
+    let Fixture { core, _dir } = fixture().await;
+    let (status, stats) = call(&core, Method::GET, &format!("/api/v1/models/classifier/versions/1/stats?since_s={}", i64::MAX), None).await;
+    assert_eq!(status, StatusCode::OK, "{stats}");
+    let since_ms = stats["since_ms"].as_i64().unwrap();
+    assert!(since_ms < 0 && since_ms > i64::MIN, "the lookback saturates instead of wrapping: {since_ms}");
+    let (status, stats) = call(&core, Method::GET, "/api/v1/models/classifier/versions/1/stats?since_s=-5", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(stats["since_ms"].as_i64().unwrap() <= fleetml_shared::now_ms() as i64);
+}
+
+#[tokio::test]
+async fn pushes_past_the_upload_cap_are_told_to_come_back() {
+    let Fixture { core, _dir } = fixture().await;
+    let permits: Vec<_> = (0..crate::MAX_CONCURRENT_UPLOADS).map(|_| core.uploads.try_acquire().unwrap()).collect();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/models/classifier/versions")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::from(Classifier::random(4, 0, 3).to_onnx("t")))
+        .unwrap();
+    let response = crate::api::router(core.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers().get("retry-after").and_then(|value| value.to_str().ok()), Some("5"));
+    assert_eq!(core.store.latest_version("classifier").await.unwrap(), Some(3), "nothing was registered");
+    drop(permits);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/models/classifier/versions")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::from(Classifier::random(4, 0, 3).to_onnx("t")))
+        .unwrap();
+    let response = crate::api::router(core.clone()).oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let uploads = std::fs::read_dir(core.data_dir.join("uploads")).unwrap().count();
+    assert_eq!(uploads, 0, "the upload's file is gone once the push is registered");
 }

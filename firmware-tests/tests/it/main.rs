@@ -7,6 +7,7 @@ mod bad_input;
 mod demo;
 mod drift;
 mod experiments;
+mod limits;
 mod mlflow;
 mod models;
 mod rollouts;

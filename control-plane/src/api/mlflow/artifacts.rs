@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
@@ -15,6 +15,9 @@ use serde_json::{Value, json};
 use super::runs::run;
 use super::{MlflowError, invalid};
 use crate::PlaneCore;
+use crate::api::MAX_MODEL_BYTES;
+use crate::api::error::ApiError;
+use crate::uploads;
 
 /// The local folder an artifact source URI names, if it is in this plane's store.
 pub(super) async fn artifact_folder(core: &PlaneCore, source: &str, run_id: &str) -> Result<Option<PathBuf>, MlflowError> {
@@ -37,12 +40,16 @@ pub(super) async fn artifact_folder(core: &PlaneCore, source: &str, run_id: &str
     Ok(None)
 }
 
+/// The body streams to disk first: an artifact costs a frame of memory, whatever its size.
 pub(super) async fn upload_artifact(
     State(core): State<Arc<PlaneCore>>,
     UrlPath(relative): UrlPath<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Json<Value>, MlflowError> {
-    core.artifacts.put(&relative, &body).await?;
+    core.artifacts.resolve(&relative)?;
+    let _permit = core.uploads.try_acquire().map_err(ApiError::from)?;
+    let upload = uploads::receive(&core.data_dir.join("uploads"), body, MAX_MODEL_BYTES as u64).await.map_err(ApiError::from)?;
+    core.artifacts.put_upload(&relative, upload).await?;
     Ok(Json(json!({})))
 }
 

@@ -246,7 +246,7 @@ pub(super) async fn create_model_version(State(core): State<Arc<PlaneCore>>, Fie
     let push =
         PushOptions { description: request.description, source: request.source.clone(), run_id: run_id.clone(), ..PushOptions::default() };
     let version = match onnx {
-        Some(bytes) => versions::push(&core, &request.name, bytes, push).await?.version,
+        Some(bytes) => versions::push(&core, &request.name, versions::Onnx::Bytes(bytes), push).await?.version,
         None => {
             tracing::info!(model = %request.name, source = %request.source, "registered without an ONNX file: not deployable");
             versions::register_without_bundle(&core, &request.name, push).await?
