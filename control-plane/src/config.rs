@@ -103,9 +103,13 @@ pub struct ServeArgs {
     /// ed25519 private key (PEM); without it the plane makes one in its data folder.
     #[arg(long, env = "FLEETML_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
-    /// The admin bearer token to accept (instead of a generated one).
+    /// The bootstrap admin token to accept (instead of a generated one). Prefer
+    /// FLEETML_ADMIN_TOKEN or --admin-token-file: a flag's value shows in the process list.
     #[arg(long, env = "FLEETML_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// A file holding the bootstrap admin token.
+    #[arg(long, env = "FLEETML_ADMIN_TOKEN_FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<PathBuf>,
     /// Milliseconds during which fetch requests are coalesced into one publish.
     #[arg(long, env = "FLEETML_COALESCE_MS")]
     pub coalesce_ms: Option<u64>,
@@ -132,6 +136,7 @@ pub struct FileConfig {
     pub http: Option<SocketAddr>,
     pub signing_key: Option<PathBuf>,
     pub admin_token: Option<String>,
+    pub admin_token_file: Option<PathBuf>,
     pub coalesce_ms: Option<u64>,
     #[serde(default)]
     pub drift: FileDriftConfig,
@@ -185,7 +190,17 @@ pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<PlaneConfig, Confi
     if topic_root.is_empty() || topic_root.contains(['+', '#']) {
         return Err(config_error("mqtt_topic_root", "must be non-empty and contain no MQTT wildcards"));
     }
-    let admin_token = args.admin_token.clone().or_else(|| file.admin_token.clone());
+    let admin_token_file = args.admin_token_file.clone().or_else(|| file.admin_token_file.clone());
+    let admin_token = match (args.admin_token.clone().or_else(|| file.admin_token.clone()), admin_token_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(path)) => Some(
+            std::fs::read_to_string(&path)
+                .map_err(|error| config_error("admin_token_file", format!("{}: {error}", path.display())))?
+                .trim()
+                .to_string(),
+        ),
+        (None, None) => None,
+    };
     if let Some(token) = &admin_token
         && token.len() < 16
     {

@@ -27,6 +27,14 @@ pub fn write_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Replaces a private file atomically (temporary name, fsync, rename), owner-only.
+pub fn replace_private(path: &Path, contents: &[u8]) -> anyhow::Result<()> {
+    let temporary = path.with_extension(format!("tmp-{:08x}", fastrand::u32(..)));
+    write_private(&temporary, contents)?;
+    fs::rename(&temporary, path).with_context(|| format!("replacing {}", path.display()))?;
+    Ok(())
+}
+
 /// `fleetml keys generate --out DIR`.
 pub fn generate(out_dir: &Path) -> anyhow::Result<(PathBuf, PathBuf, SigningKeyPair)> {
     fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;

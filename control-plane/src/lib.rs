@@ -8,8 +8,10 @@
 //! `store`, the signing key and the MQTT publish handle. `broker` embeds rumqttd; `registry`
 //! checks models and builds signed bundles.
 
+pub mod access;
 pub mod api;
 pub mod artifacts;
+pub mod audit;
 pub mod broker;
 pub mod cli;
 pub mod config;
@@ -94,6 +96,8 @@ pub struct PlaneCore {
     pub artifacts: ArtifactStore,
     /// Caps the large uploads (pushes, artifacts) that may arrive at once.
     pub uploads: uploads::UploadPermits,
+    /// When each token's last use was written (`audit::token_used`).
+    pub last_token_use: std::sync::Mutex<std::collections::HashMap<i64, i64>>,
     /// Serialises pushes so version numbers are assigned without races.
     pub(crate) push_lock: tokio::sync::Mutex<()>,
 }
@@ -108,26 +112,60 @@ pub struct PlaneHandle {
     pub core: Arc<PlaneCore>,
 }
 
+/// The bootstrap admin token: the configured one, else the data folder's, else a new one
+/// (printed once). A configured token replaces earlier bootstrap tokens; a token that was
+/// rotated away (revoked) is not taken back.
 async fn ensure_admin_token(store: &dyn Store, config: &PlaneConfig) -> anyhow::Result<Option<String>> {
-    if let Some(token) = &config.admin_token {
-        store.insert_token(&keys::token_hash(token), "admin (configured)", fleetml_shared::now_ms() as i64).await?;
-        return Ok(Some(token.clone()));
-    }
     let path = config.data_dir.join(keys::ADMIN_TOKEN_FILE);
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        let token = token.trim().to_string();
-        store.insert_token(&keys::token_hash(&token), "admin", fleetml_shared::now_ms() as i64).await?;
-        return Ok(Some(token));
-    }
-    if store.count_tokens().await? > 0 {
-        return Ok(None);
-    }
-    let token = keys::new_token()?;
-    keys::write_private(&path, token.as_bytes())?;
-    store.insert_token(&keys::token_hash(&token), "admin", fleetml_shared::now_ms() as i64).await?;
-    if config.announce_token {
-        // Printed once, on first start; it is also in the data folder, readable by the owner only.
-        println!("admin token (shown once; also in {}): {token}", path.display());
+    let (token, from_config) = match &config.admin_token {
+        Some(token) => (token.clone(), true),
+        None => match std::fs::read_to_string(&path) {
+            Ok(token) => (token.trim().to_string(), false),
+            Err(_) => {
+                if !store.list_tokens().await?.is_empty() {
+                    return Ok(None);
+                }
+                let token = keys::new_token()?;
+                keys::write_private(&path, token.as_bytes())?;
+                if config.announce_token {
+                    // Printed once, on first start; it is also in the data folder, readable by the owner only.
+                    println!("admin token (shown once; also in {}): {token}", path.display());
+                }
+                (token, false)
+            }
+        },
+    };
+    let now_ms = fleetml_shared::now_ms() as i64;
+    let hash = keys::token_hash(&token);
+    let id = match store.token_by_hash(&hash).await? {
+        Some(record) if record.revoked_ms.is_some() => {
+            tracing::error!(token = %record.name, "the configured admin token was revoked (rotated): it is not valid; use the new one in {}", path.display());
+            return Ok(None);
+        }
+        Some(record) => record.id,
+        None => {
+            let record = store::TokenRecord {
+                id: 0,
+                token_sha256: hash,
+                name: if from_config { "admin (configured)".into() } else { "admin".into() },
+                role: access::Role::Admin.as_str().into(),
+                scopes: String::new(),
+                bootstrap: true,
+                created_ms: now_ms,
+                created_by: "serve".into(),
+                expires_ms: None,
+                revoked_ms: None,
+                last_used_ms: None,
+            };
+            store.insert_token(&record).await?
+        }
+    };
+    // One bootstrap token at a time: a new `--admin-token` ends the old one.
+    for record in store.list_tokens().await? {
+        if record.bootstrap && record.id != id && record.revoked_ms.is_none() {
+            store.revoke_token(record.id, now_ms).await?;
+            tracing::info!(token_id = record.id, "an earlier bootstrap admin token was revoked");
+        }
     }
     Ok(Some(token))
 }
@@ -171,6 +209,7 @@ pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &Cancella
         drift_latest: drift::LatestDrift::default(),
         artifacts: ArtifactStore::new(config.data_dir.join("artifacts")),
         uploads: uploads::UploadPermits::new(MAX_CONCURRENT_UPLOADS),
+        last_token_use: Default::default(),
         push_lock: tokio::sync::Mutex::new(()),
     });
     spawn_actor(tracker, "mqtt", link.run(cancel.clone()));
@@ -186,7 +225,10 @@ pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &Cancella
     let router = api::router(core.clone());
     let shutdown = cancel.clone();
     spawn_actor(tracker, "http", async move {
-        axum::serve(listener, router).with_graceful_shutdown(shutdown.cancelled_owned()).await.context("HTTP server")
+        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+            .context("HTTP server")
     });
     tracing::info!(http = %http_addr, broker = %broker_url, store = core.store.backend(), "control plane running");
     Ok(PlaneHandle { http_addr, broker_url, public_key_path, admin_token, core })
@@ -273,6 +315,7 @@ pub(crate) mod testing {
             drift_latest: crate::drift::LatestDrift::default(),
             artifacts: ArtifactStore::new(data_dir.join("artifacts")),
             uploads: uploads::UploadPermits::new(MAX_CONCURRENT_UPLOADS),
+            last_token_use: Default::default(),
             push_lock: tokio::sync::Mutex::new(()),
         })
     }

@@ -165,6 +165,7 @@ pub struct PlaneOptions {
 pub struct Plane {
     pub process: Process,
     command_args: Vec<std::ffi::OsString>,
+    command_env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
     pub dir: PathBuf,
     pub api: String,
     pub mqtt_url: String,
@@ -189,7 +190,9 @@ impl Plane {
             .arg("serve")
             .arg("--data-dir")
             .arg(&data_dir)
-            .args(["--http", "127.0.0.1:0", "--mqtt-topic-root", &topic_root, "--admin-token", &token])
+            .args(["--http", "127.0.0.1:0", "--mqtt-topic-root", &topic_root])
+            // From the environment, as operators should: a flag's value shows in the process list.
+            .env("FLEETML_ADMIN_TOKEN", &token)
             .arg("--signing-key")
             .arg(key_dir.join("signing.key"));
         match &options.mqtt_url {
@@ -201,12 +204,15 @@ impl Plane {
         }
         command.args(&options.extra_args);
         let command_args: Vec<std::ffi::OsString> = command.get_args().map(|arg| arg.to_os_string()).collect();
+        let command_env: Vec<(std::ffi::OsString, std::ffi::OsString)> =
+            command.get_envs().filter_map(|(key, value)| Some((key.to_os_string(), value?.to_os_string()))).collect();
         let (process, line) = Process::spawn("plane", command, dir.join("plane.log"), "fleetml control plane:").unwrap();
         let api = address_after(&line, "API ").unwrap();
         let mqtt_url = address_after(&line, "broker ").unwrap();
         Plane {
             process,
             command_args,
+            command_env,
             dir: dir.to_path_buf(),
             api,
             mqtt_url,
@@ -223,11 +229,22 @@ impl Plane {
     pub async fn kill_and_restart(&mut self) {
         self.process.kill();
         let mut command = Command::new(binary("fleetml"));
-        command.args(&self.command_args);
+        command.args(&self.command_args).envs(self.command_env.iter().map(|(key, value)| (key, value)));
         let (process, line) =
             Process::spawn("plane (restarted)", command, self.dir.join("plane-restarted.log"), "fleetml control plane:").unwrap();
         self.process = process;
         self.api = address_after(&line, "API ").unwrap();
+    }
+
+    /// SIGKILL, then the same `fleetml serve` with another bootstrap admin token.
+    pub async fn restart_with_admin_token(&mut self, token: &str) {
+        for (key, value) in &mut self.command_env {
+            if key == "FLEETML_ADMIN_TOKEN" {
+                *value = token.into();
+            }
+        }
+        self.token = token.to_string();
+        self.kill_and_restart().await;
     }
 
     pub fn signing_key_pair(&self) -> fleetml_shared::signing::SigningKeyPair {
@@ -316,6 +333,31 @@ impl Plane {
 
     pub async fn status(&self) -> Value {
         self.get("/api/v1/status").await.1
+    }
+
+    /// Runs the `fleetml` CLI against this plane with `token` (in the environment, never on the
+    /// command line); returns the exit code, stdout and stderr.
+    pub fn cli(&self, token: &str, args: &[&str]) -> (i32, String, String) {
+        let output = Command::new(binary("fleetml"))
+            .args(args)
+            .env("FLEETML_SERVER", &self.api)
+            .env("FLEETML_TOKEN", token)
+            .env("FLEETML_DATA_DIR", self.dir.join("no-such-folder"))
+            .output()
+            .unwrap();
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).to_string();
+        (output.status.code().unwrap_or(-1), text(&output.stdout), text(&output.stderr))
+    }
+
+    /// A request with another token than the admin one.
+    pub async fn request_as(&self, token: &str, method: reqwest::Method, path: &str, body: Option<&Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.api)).bearer_auth(token);
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 }
 

@@ -6,6 +6,7 @@ use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 
+use crate::access::AccessError;
 use crate::artifacts::ArtifactError;
 use crate::deployment::DeployError;
 use crate::drift::DriftQueryError;
@@ -21,8 +22,6 @@ pub enum ApiError {
     /// The request itself is malformed (a parameter the handler could not read).
     #[error("{0}")]
     BadRequest(String),
-    #[error("missing or invalid bearer token")]
-    Unauthorized,
     #[error("{0}")]
     NotFound(String),
     #[error(transparent)]
@@ -41,6 +40,8 @@ pub enum ApiError {
     Tracking(#[from] TrackingError),
     #[error(transparent)]
     Upload(#[from] UploadError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("internal error: {0}")]
@@ -144,11 +145,20 @@ pub fn upload_status(error: &UploadError) -> Status {
     }
 }
 
+pub fn access_status(error: &AccessError) -> Status {
+    match error {
+        AccessError::Unauthenticated | AccessError::Expired(_) | AccessError::Revoked(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+        AccessError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+        AccessError::Invalid(_) => BAD_REQUEST,
+        AccessError::NotFound(_) => NOT_FOUND,
+        AccessError::Store(error) => store_status(error),
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> Status {
         match self {
             ApiError::BadRequest(_) => BAD_REQUEST,
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::NotFound(_) => NOT_FOUND,
             ApiError::Version(error) => version_status(error),
             ApiError::Deploy(error) => deploy_status(error),
@@ -158,6 +168,7 @@ impl ApiError {
             ApiError::Artifact(error) => artifact_status(error),
             ApiError::Tracking(error) => tracking_status(error),
             ApiError::Upload(error) => upload_status(error),
+            ApiError::Access(error) => access_status(error),
             ApiError::Store(error) => store_status(error),
             ApiError::Internal(_) => INTERNAL,
         }

@@ -1,8 +1,10 @@
-//! The plane's HTTP API: native REST under `/api/v1`, Prometheus at `/metrics`.
-//! Every `/api/v1` route but `health` and `signing-key` needs a bearer token.
+//! The plane's HTTP API: native REST under `/api/v1`, MLflow's under `/api/2.0`, Prometheus at
+//! `/metrics`. Every route is declared in a `routes()` table with what it asks of a token
+//! (`guard`); all but health, the signing key and `/metrics` need one.
 
 pub mod drift;
 pub mod error;
+pub mod guard;
 pub mod metrics;
 pub mod mlflow;
 pub mod rollouts;
@@ -11,6 +13,7 @@ pub mod shadows;
 pub mod splits;
 #[cfg(test)]
 mod tests;
+pub mod tokens;
 pub mod views;
 
 use std::collections::BTreeMap;
@@ -18,20 +21,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{MethodRouter, get, post, put};
 use axum::{Json, Router};
 use fleetml_shared::bundle::BundleDigest;
 use serde::Deserialize;
 
 use self::error::ApiError;
+use self::guard::{Access, Dialect, RouteSpec};
 use self::views::{AliasRequest, AliasView, DeployRequest, DeploymentView, DeviceView, StatsView, StatusView, VersionView};
 use crate::PlaneCore;
+use crate::access::{Area, Need};
 use crate::deployment::{self, DeployError};
-use crate::keys::token_hash;
 use crate::telemetry::InferenceFigures;
 use crate::uploads;
 use crate::versions::{self, PushOptions, VersionError};
@@ -40,69 +43,74 @@ use crate::versions::{self, PushOptions, VersionError};
 pub const MAX_MODEL_BYTES: usize = 512 * 1024 * 1024;
 
 pub fn router(core: Arc<PlaneCore>) -> Router {
-    let authenticated = Router::new()
-        .route("/status", get(status))
-        .route("/models", get(list_models))
-        .route("/models/{name}/versions", post(push_version).get(list_versions))
-        .route("/models/{name}/versions/{version}", get(get_version))
-        .route("/models/{name}/versions/{version}/bundle", get(download_bundle))
-        .route("/models/{name}/versions/{version}/stats", get(version_stats))
-        .route("/models/{name}/versions/{version}/profile", get(drift::version_profile))
-        .route("/models/{name}/versions/{version}/drift", get(drift::version_drift))
-        .route("/models/{name}/drift/events", get(drift::drift_events))
-        .route("/profiles", post(drift::upload_profile).layer(DefaultBodyLimit::max(MAX_MODEL_BYTES)))
-        .route("/models/{name}/aliases/{alias}", put(set_alias))
-        .route("/deployments", post(deploy).get(list_deployments))
-        .route("/devices", get(list_devices))
-        .route("/rollouts", post(rollouts::start).get(rollouts::list))
-        .route("/rollouts/{id}", get(rollouts::status))
-        .route("/rollouts/{id}/{action}", post(rollouts::action))
-        .route("/shadows", post(shadows::start))
-        .route("/shadows/{model}", get(shadows::status))
-        .route("/shadows/{model}/stop", post(shadows::stop))
-        .route("/splits", post(splits::start).get(splits::list))
-        .route("/splits/{id}", get(splits::status))
-        .route("/splits/{id}/promote", post(splits::promote))
-        .route("/splits/{id}/stop", post(splits::stop))
-        .route("/experiments", get(runs::list_experiments))
-        .route("/runs", get(runs::list_runs))
-        .route("/runs/compare", get(runs::compare_runs))
-        .route("/runs/{run_id}", get(runs::get_run))
-        .route("/runs/{run_id}/metrics/{key}", get(runs::metric_history))
-        .route("/devices/{device_id}", get(get_device))
-        .route_layer(middleware::from_fn_with_state(core.clone(), require_token));
-    let api = Router::new().route("/health", get(health)).route("/signing-key", get(signing_key)).merge(authenticated);
-    let mlflow = mlflow::router()
-        .layer(DefaultBodyLimit::max(MAX_MODEL_BYTES))
-        .route_layer(middleware::from_fn_with_state(core.clone(), mlflow::require_token));
-    Router::new()
-        .nest("/api/v1", api)
-        .merge(mlflow)
-        .route("/metrics", get(metrics::metrics))
-        .fallback(|| async { ApiError::NotFound("no such route".into()) })
-        .with_state(core)
+    let mlflow_routes = guard::build(&core, mlflow::routes()).layer(DefaultBodyLimit::max(MAX_MODEL_BYTES));
+    guard::build(&core, routes()).merge(mlflow_routes).fallback(|| async { ApiError::NotFound("no such route".into()) }).with_state(core)
 }
 
-/// Whether the request carries a bearer token the store knows.
-pub async fn authorized(core: &PlaneCore, headers: &HeaderMap) -> Result<bool, ApiError> {
-    let Some(token) =
-        headers.get(header::AUTHORIZATION).and_then(|value| value.to_str().ok()).and_then(|value| value.strip_prefix("Bearer "))
-    else {
-        return Ok(false);
+/// Every native route and what it asks of a token (`guard::Access`).
+pub fn routes() -> Vec<RouteSpec> {
+    use Method as M;
+    let read = Access::Read;
+    let operate = |action| Access::Change { need: Need::Operate, action };
+    let administer = |action| Access::Change { need: Need::Administer, action };
+    let native = |method: Method, path, access, handler: MethodRouter<Arc<PlaneCore>>| RouteSpec {
+        method,
+        path,
+        access,
+        area: Area::Native,
+        dialect: Dialect::Native,
+        handler,
     };
-    Ok(core.store.token_exists(&token_hash(token.trim())).await?)
-}
-
-async fn require_token(State(core): State<Arc<PlaneCore>>, headers: HeaderMap, request: Request, next: Next) -> Result<Response, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .ok_or(ApiError::Unauthorized)?;
-    if !core.store.token_exists(&token_hash(token.trim())).await? {
-        return Err(ApiError::Unauthorized);
-    }
-    Ok(next.run(request).await)
+    vec![
+        native(M::GET, "/api/v1/health", Access::Public, get(health)),
+        native(M::GET, "/api/v1/signing-key", Access::Public, get(signing_key)),
+        native(M::GET, "/metrics", Access::Public, get(metrics::metrics)),
+        native(M::GET, "/api/v1/status", read, get(status)),
+        native(M::GET, "/api/v1/whoami", read, get(tokens::whoami)),
+        native(M::GET, "/api/v1/models", read, get(list_models)),
+        native(M::GET, "/api/v1/models/{name}/versions", read, get(list_versions)),
+        native(M::POST, "/api/v1/models/{name}/versions", operate("model.push"), post(push_version)),
+        native(M::GET, "/api/v1/models/{name}/versions/{version}", read, get(get_version)),
+        native(M::GET, "/api/v1/models/{name}/versions/{version}/bundle", read, get(download_bundle)),
+        native(M::GET, "/api/v1/models/{name}/versions/{version}/stats", read, get(version_stats)),
+        native(M::GET, "/api/v1/models/{name}/versions/{version}/profile", read, get(drift::version_profile)),
+        native(M::GET, "/api/v1/models/{name}/versions/{version}/drift", read, get(drift::version_drift)),
+        native(M::GET, "/api/v1/models/{name}/drift/events", read, get(drift::drift_events)),
+        native(
+            M::POST,
+            "/api/v1/profiles",
+            operate("profile.upload"),
+            post(drift::upload_profile).layer(DefaultBodyLimit::max(MAX_MODEL_BYTES)),
+        ),
+        native(M::PUT, "/api/v1/models/{name}/aliases/{alias}", operate("alias.set"), put(set_alias)),
+        native(M::GET, "/api/v1/deployments", read, get(list_deployments)),
+        native(M::POST, "/api/v1/deployments", operate("deploy"), post(deploy)),
+        native(M::GET, "/api/v1/devices", read, get(list_devices)),
+        native(M::GET, "/api/v1/devices/{device_id}", read, get(get_device)),
+        native(M::GET, "/api/v1/rollouts", read, get(rollouts::list)),
+        native(M::POST, "/api/v1/rollouts", operate("rollout.start"), post(rollouts::start)),
+        native(M::GET, "/api/v1/rollouts/{id}", read, get(rollouts::status)),
+        native(M::POST, "/api/v1/rollouts/{id}/{action}", operate("rollout.action"), post(rollouts::action)),
+        native(M::POST, "/api/v1/shadows", operate("shadow.start"), post(shadows::start)),
+        native(M::GET, "/api/v1/shadows/{model}", read, get(shadows::status)),
+        native(M::POST, "/api/v1/shadows/{model}/stop", operate("shadow.stop"), post(shadows::stop)),
+        native(M::GET, "/api/v1/splits", read, get(splits::list)),
+        native(M::POST, "/api/v1/splits", operate("split.start"), post(splits::start)),
+        native(M::GET, "/api/v1/splits/{id}", read, get(splits::status)),
+        native(M::POST, "/api/v1/splits/{id}/promote", operate("split.promote"), post(splits::promote)),
+        native(M::POST, "/api/v1/splits/{id}/stop", operate("split.stop"), post(splits::stop)),
+        native(M::GET, "/api/v1/experiments", read, get(runs::list_experiments)),
+        native(M::GET, "/api/v1/runs", read, get(runs::list_runs)),
+        native(M::GET, "/api/v1/runs/compare", read, get(runs::compare_runs)),
+        native(M::GET, "/api/v1/runs/{run_id}", read, get(runs::get_run)),
+        native(M::GET, "/api/v1/runs/{run_id}/metrics/{key}", read, get(runs::metric_history)),
+        // Who holds which token is trust: admins only, also to read.
+        native(M::GET, "/api/v1/tokens", Access::Change { need: Need::Administer, action: "token.list" }, get(tokens::list)),
+        native(M::POST, "/api/v1/tokens", administer("token.create"), post(tokens::create)),
+        native(M::POST, "/api/v1/tokens/rotate-admin", administer("token.rotate_admin"), post(tokens::rotate_admin)),
+        native(M::POST, "/api/v1/tokens/{id}/revoke", administer("token.revoke"), post(tokens::revoke)),
+        native(M::GET, "/api/v1/audit", read, get(tokens::audit)),
+    ]
 }
 
 async fn health(State(core): State<Arc<PlaneCore>>) -> Json<serde_json::Value> {

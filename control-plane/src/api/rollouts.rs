@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 
 use super::error::ApiError;
 use super::views::{RolloutView, StartRollout};
 use crate::PlaneCore;
+use crate::access::Principal;
 use crate::rollout::actions::{self, RolloutAction, RolloutError};
 use crate::versions;
 
@@ -19,13 +20,14 @@ async fn view(core: &PlaneCore, rollout: crate::store::RolloutRecord) -> Result<
 
 pub async fn start(
     State(core): State<Arc<PlaneCore>>,
+    Extension(principal): Extension<Principal>,
     Json(request): Json<StartRollout>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
     let policy = actions::parse_policy(&request.policy)?;
     let version = versions::resolve_either(&core, &request.model, request.version, request.alias.as_deref())
         .await?
         .ok_or(RolloutError::VersionOrAlias)?;
-    let rollout = actions::start(&core, &request.model, version, policy, "admin").await?;
+    let rollout = actions::start(&core, &request.model, version, policy, &principal.name).await?;
     Ok((StatusCode::CREATED, Json(view(&core, rollout).await?)))
 }
 

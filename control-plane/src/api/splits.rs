@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 
 use super::error::ApiError;
 use super::views::{Promote, RolloutView, SplitView, StartSplit};
 use crate::PlaneCore;
+use crate::access::Principal;
 use crate::experiments::ExperimentError;
 use crate::experiments::split::{self, SplitVariant, Winner};
 use crate::rollout::actions;
@@ -31,6 +32,7 @@ pub async fn list(State(core): State<Arc<PlaneCore>>) -> Result<Json<Vec<SplitVi
 /// Promotes the winner: a staged rollout of its version to the split's cohort.
 pub async fn promote(
     State(core): State<Arc<PlaneCore>>,
+    Extension(principal): Extension<Principal>,
     Path(id): Path<i64>,
     Json(request): Json<Promote>,
 ) -> Result<(StatusCode, Json<RolloutView>), ApiError> {
@@ -40,7 +42,7 @@ pub async fn promote(
         _ => return Err(ExperimentError::WinnerOrRule.into()),
     };
     let policy = request.policy.as_ref().map(actions::parse_policy).transpose().map_err(ExperimentError::from)?;
-    let rollout = split::promote(&core, id, winner, policy).await?;
+    let rollout = split::promote(&core, id, winner, policy, &principal.name).await?;
     Ok((StatusCode::CREATED, Json(RolloutView::from_status(actions::status(&core, rollout).await?))))
 }
 

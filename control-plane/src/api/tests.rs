@@ -28,7 +28,20 @@ async fn fixture() -> Fixture {
     let _ = tracing_subscriber::fmt().with_test_writer().with_env_filter("warn").try_init();
     let dir = tempfile::tempdir().unwrap();
     let core = crate::testing::core(dir.path()).await;
-    core.store.insert_token(&crate::keys::token_hash(TOKEN), "test", 1).await.unwrap();
+    let token = crate::store::TokenRecord {
+        id: 0,
+        token_sha256: crate::keys::token_hash(TOKEN),
+        name: "test".into(),
+        role: "admin".into(),
+        scopes: String::new(),
+        bootstrap: true,
+        created_ms: 1,
+        created_by: "test".into(),
+        expires_ms: None,
+        revoked_ms: None,
+        last_used_ms: None,
+    };
+    core.store.insert_token(&token).await.unwrap();
     for seed in [1, 2] {
         let onnx = Classifier::random(4, 0, seed).to_onnx("t");
         versions::push(&core, "classifier", versions::Onnx::Bytes(onnx), PushOptions::default()).await.unwrap();
@@ -294,4 +307,100 @@ async fn pushes_past_the_upload_cap_are_told_to_come_back() {
     assert_eq!(response.status(), StatusCode::CREATED);
     let uploads = std::fs::read_dir(core.data_dir.join("uploads")).unwrap().count();
     assert_eq!(uploads, 0, "the upload's file is gone once the push is registered");
+}
+
+/// A token of `role` (with `scopes`), revoked or expired when asked; returns its value.
+async fn token(core: &PlaneCore, name: &str, role: &str, scopes: &str, revoked: bool, expired: bool) -> String {
+    let value = format!("tok-{name}-{:08x}", fastrand::u32(..));
+    let record = crate::store::TokenRecord {
+        id: 0,
+        token_sha256: crate::keys::token_hash(&value),
+        name: name.into(),
+        role: role.into(),
+        scopes: scopes.into(),
+        bootstrap: false,
+        created_ms: 1,
+        created_by: "test".into(),
+        expires_ms: expired.then_some(2),
+        revoked_ms: None,
+        last_used_ms: None,
+    };
+    let id = core.store.insert_token(&record).await.unwrap();
+    if revoked {
+        core.store.revoke_token(id, 3).await.unwrap();
+    }
+    value
+}
+
+/// A path the router matches, for a route template.
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|part| match part {
+            "{id}" | "{version}" => "1",
+            part if part.starts_with('{') => "x",
+            part => part,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test]
+async fn every_route_refuses_bad_tokens_and_every_change_refuses_a_viewer() {
+    use crate::access::Need;
+    use crate::api::guard::Access;
+    let Fixture { core, _dir } = fixture().await;
+    let viewer = token(&core, "viewer", "viewer", "", false, false).await;
+    let operator = token(&core, "operator", "operator", "", false, false).await;
+    let tracking = token(&core, "trainer", "operator", "tracking", false, false).await;
+    let revoked = token(&core, "revoked", "admin", "", true, false).await;
+    let expired = token(&core, "expired", "admin", "", false, true).await;
+    let specs: Vec<_> = crate::api::routes().into_iter().chain(crate::api::mlflow::routes()).collect();
+    assert!(specs.len() > 80, "the walk sees every route: {}", specs.len());
+    let mut n_changes = 0;
+    for spec in specs {
+        let path = concrete(spec.path);
+        let body = (spec.method != Method::GET).then(|| json!({}));
+        let status_with = |token: Option<String>| {
+            let (core, method, path, body) = (core.clone(), spec.method.clone(), path.clone(), body.clone());
+            async move { call_as(&core, method, &path, body, token.as_deref()).await.0 }
+        };
+        let label = format!("{} {}", spec.method, spec.path);
+        if spec.access == Access::Public {
+            assert!(!matches!(status_with(None).await, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN), "{label} is public");
+            continue;
+        }
+        for (who, bad) in [("no token", None), ("revoked", Some(revoked.clone())), ("expired", Some(expired.clone()))] {
+            assert_eq!(status_with(bad).await, StatusCode::UNAUTHORIZED, "{label} with a {who} token");
+        }
+        let native = spec.area == crate::access::Area::Native;
+        match spec.access {
+            Access::Public => {}
+            Access::Read => {
+                let status = status_with(Some(viewer.clone())).await;
+                assert!(!matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN), "{label} reads for a viewer: {status}");
+            }
+            Access::Change { need, .. } => {
+                n_changes += 1;
+                assert_eq!(status_with(Some(viewer.clone())).await, StatusCode::FORBIDDEN, "{label} changes: not for a viewer");
+                let operator_status = status_with(Some(operator.clone())).await;
+                match need {
+                    Need::Administer => assert_eq!(operator_status, StatusCode::FORBIDDEN, "{label} is for admins"),
+                    Need::Operate | Need::Read => assert_ne!(operator_status, StatusCode::FORBIDDEN, "{label} is for operators"),
+                }
+            }
+        }
+        // A tracking token works in the MLflow API and nowhere else.
+        let tracking_status = status_with(Some(tracking.clone())).await;
+        if native {
+            assert_eq!(tracking_status, StatusCode::FORBIDDEN, "{label}: a tracking token is MLflow only");
+        } else {
+            assert_ne!(tracking_status, StatusCode::FORBIDDEN, "{label}: a tracking token may use MLflow");
+        }
+    }
+    assert!(n_changes >= 40, "{n_changes} changing routes");
+    // Every refused change is in the audit log with who asked.
+    let refused = core.store.audit_since(0, 100_000).await.unwrap();
+    assert!(refused.iter().any(|entry| entry.token_name == "viewer" && entry.outcome == "refused" && entry.status == 403));
+    assert!(refused.iter().any(|entry| entry.token_name == "-" && entry.status == 401));
 }

@@ -714,3 +714,122 @@ pub struct CompareQuery {
     /// Comma-separated run ids.
     pub ids: String,
 }
+
+// ---------------------------------------------------------------- tokens and audit
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WhoAmIView {
+    pub token_id: i64,
+    pub name: String,
+    pub role: String,
+    pub scopes: Vec<String>,
+}
+
+impl WhoAmIView {
+    pub fn from_principal(principal: &crate::access::Principal) -> Self {
+        WhoAmIView {
+            token_id: principal.token_id,
+            name: principal.name.clone(),
+            role: principal.role.as_str().to_string(),
+            scopes: principal.scopes.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct CreateToken {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// viewer, operator or admin.
+    pub role: String,
+    /// tracking, labels:MODEL, job:ID (none: the whole API the role allows).
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// A duration: `30d`, `12h`, `90m` (none: until revoked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in: Option<String>,
+}
+
+/// A token as listed: never its value.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenView {
+    pub id: i64,
+    pub name: String,
+    pub role: String,
+    pub scopes: Vec<String>,
+    /// The admin token `serve` made or was given (`tokens rotate-admin` replaces it).
+    pub bootstrap: bool,
+    pub created_ms: i64,
+    pub created_by: String,
+    pub expires_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+    pub last_used_ms: Option<i64>,
+}
+
+impl TokenView {
+    pub fn from_record(record: &crate::store::TokenRecord) -> Self {
+        TokenView {
+            id: record.id,
+            name: record.name.clone(),
+            role: record.role.clone(),
+            scopes: record.scopes.split_whitespace().map(str::to_string).collect(),
+            bootstrap: record.bootstrap,
+            created_ms: record.created_ms,
+            created_by: record.created_by.clone(),
+            expires_ms: record.expires_ms,
+            revoked_ms: record.revoked_ms,
+            last_used_ms: record.last_used_ms,
+        }
+    }
+}
+
+/// A token just made: its value, shown this once.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IssuedTokenView {
+    pub token: String,
+    #[serde(flatten)]
+    pub details: TokenView,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct AuditQuery {
+    /// How far back: `1h`, `7d`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntryView {
+    pub id: i64,
+    pub at_ms: i64,
+    pub token_id: Option<i64>,
+    pub token_name: String,
+    pub address: String,
+    pub action: String,
+    pub target: String,
+    pub detail: Value,
+    /// ok, refused or failed.
+    pub outcome: String,
+    pub status: i64,
+}
+
+impl AuditEntryView {
+    pub fn from_record(record: &crate::store::AuditRecord) -> Self {
+        AuditEntryView {
+            id: record.id,
+            at_ms: record.at_ms,
+            token_id: record.token_id,
+            token_name: record.token_name.clone(),
+            address: record.address.clone(),
+            action: record.action.clone(),
+            target: record.target.clone(),
+            detail: serde_json::from_str(&record.detail).unwrap_or(Value::String(record.detail.clone())),
+            outcome: record.outcome.clone(),
+            status: record.status,
+        }
+    }
+}

@@ -15,6 +15,7 @@ mod profile;
 mod rollout;
 mod runs;
 mod serve;
+mod tokens;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,20 +42,28 @@ pub struct ClientArgs {
     /// The plane's API.
     #[arg(long, env = "FLEETML_SERVER", default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// Bearer token (default: DATA_DIR/admin.token when readable).
+    /// Bearer token. Prefer FLEETML_TOKEN or --token-file: a flag's value is visible to
+    /// other users in the process list.
     #[arg(long, env = "FLEETML_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A file holding the bearer token.
+    #[arg(long, env = "FLEETML_TOKEN_FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
     /// Where to look for admin.token when no token is given.
     #[arg(long, env = "FLEETML_DATA_DIR", default_value = "fleetml-data")]
     data_dir: PathBuf,
 }
 
 impl ClientArgs {
+    /// The token: given, or from --token-file, else DATA_DIR/admin.token when readable.
     pub fn client(&self) -> anyhow::Result<Client> {
-        let token = self
-            .token
-            .clone()
-            .or_else(|| std::fs::read_to_string(self.data_dir.join("admin.token")).ok().map(|token| token.trim().to_string()));
+        let token = match (&self.token, &self.token_file) {
+            (Some(token), _) => Some(token.clone()),
+            (None, Some(path)) => Some(
+                std::fs::read_to_string(path).with_context(|| format!("reading the token file {}", path.display()))?.trim().to_string(),
+            ),
+            (None, None) => std::fs::read_to_string(self.data_dir.join("admin.token")).ok().map(|token| token.trim().to_string()),
+        };
         Client::new(&self.server, token)
     }
 }
@@ -109,6 +118,13 @@ pub enum Command {
         #[command(subcommand)]
         command: runs::RunsCommand,
     },
+    /// API tokens: roles (viewer, operator, admin), scopes, expiry, revocation.
+    Tokens {
+        #[command(subcommand)]
+        command: tokens::TokensCommand,
+    },
+    /// The audit log: every change to the fleet and to trust, who asked, from where, how it ended.
+    Audit(tokens::AuditArgs),
     /// Offline bundle tools.
     Bundle {
         #[command(subcommand)]
@@ -142,6 +158,8 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Split { command } => experiments::split(command).await,
         Command::Shadow { command } => experiments::shadow(command).await,
         Command::Runs { command } => runs::run(command).await,
+        Command::Tokens { command } => tokens::run(command).await,
+        Command::Audit(args) => tokens::audit(args).await,
         Command::Bundle { command } => bundle::run(command),
     }
 }

@@ -278,7 +278,13 @@ pub fn pick_winner(variants: &[VariantFigures], rule: WinnerRule, min_requests: 
 
 /// Promotes the winner: a staged rollout of its version to the split's cohort (by default 10%
 /// then 100%, with no install failure allowed). The rollout owns the cohort from then on.
-pub async fn promote(core: &PlaneCore, id: i64, winner: Winner, policy: Option<PolicyDocument>) -> Result<RolloutRecord, ExperimentError> {
+pub async fn promote(
+    core: &PlaneCore,
+    id: i64,
+    winner: Winner,
+    policy: Option<PolicyDocument>,
+    promoted_by: &str,
+) -> Result<RolloutRecord, ExperimentError> {
     let split = get(core, id).await?;
     let version = match winner {
         Winner::Version(version) => version,
@@ -298,7 +304,7 @@ pub async fn promote(core: &PlaneCore, id: i64, winner: Winner, policy: Option<P
             "gates": [{ "metric": "install_failure_rate", "max": 0.0 }]
         }))?,
     };
-    let rollout = actions::start(core, &split.model, version, policy, "admin").await?;
+    let rollout = actions::start(core, &split.model, version, policy, promoted_by).await?;
     // The rollout owns the cohort now: devices that match later join it, not the split.
     core.store.update_split_state(id, SplitState::Promoted).await?;
     Ok(rollout)

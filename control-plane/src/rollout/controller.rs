@@ -184,7 +184,19 @@ impl RolloutController {
                         self.core.store.add_rollout_event(rollout.id, "paused", "a gate failed", now).await?;
                         Ok(())
                     }
-                    FailureAction::Rollback => actions::roll_back(&self.core, rollout, "a gate failed").await,
+                    FailureAction::Rollback => {
+                        actions::roll_back(&self.core, rollout, "a gate failed").await?;
+                        let detail = serde_json::json!({ "why": "a gate failed", "gates": summary });
+                        crate::audit::by_plane(
+                            &self.core,
+                            "rollout-controller",
+                            "rollout.rollback",
+                            &format!("rollout {}", rollout.id),
+                            detail,
+                        )
+                        .await;
+                        Ok(())
+                    }
                 }
             }
         }

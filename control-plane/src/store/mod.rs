@@ -2,6 +2,7 @@
 //! SQL text, each with its own migrations folder. Rows are converted to the domain types
 //! below at this boundary; nothing above it sees SQL types.
 
+mod access_sql;
 mod drift_sql;
 mod rollout_sql;
 pub(crate) mod slots;
@@ -223,7 +224,7 @@ pub struct InferenceTotals {
 }
 
 #[async_trait]
-pub trait Store: TrackingStore + RolloutStore + DriftStore + Send + Sync + 'static {
+pub trait Store: TrackingStore + RolloutStore + DriftStore + AccessStore + Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
     // devices
@@ -267,11 +268,6 @@ pub trait Store: TrackingStore + RolloutStore + DriftStore + Send + Sync + 'stat
     /// Totals over every window stored, per model version, ordered by model and version.
     /// Kept up to date by `insert_windows`, so this reads a few rows per version.
     async fn inference_totals(&self) -> StoreResult<Vec<InferenceTotals>>;
-
-    // tokens
-    async fn insert_token(&self, token_sha256: &str, name: &str, at_ms: i64) -> StoreResult<()>;
-    async fn token_exists(&self, token_sha256: &str) -> StoreResult<bool>;
-    async fn count_tokens(&self) -> StoreResult<i64>;
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -550,4 +546,62 @@ pub struct DriftEventRecord {
     pub scope: String,
     /// JSON: the event as published.
     pub detail: String,
+}
+
+/// An API token as stored (its value only as a SHA-256 hash).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRecord {
+    pub id: i64,
+    pub token_sha256: String,
+    pub name: String,
+    /// viewer, operator or admin (`access::Role`).
+    pub role: String,
+    /// Space-separated `access::Scope`s; empty: the whole API.
+    pub scopes: String,
+    /// The token `serve` made or was given, which `tokens rotate-admin` replaces.
+    pub bootstrap: bool,
+    pub created_ms: i64,
+    /// The name of the token that created it (`serve` for the bootstrap one).
+    pub created_by: String,
+    pub expires_ms: Option<i64>,
+    pub revoked_ms: Option<i64>,
+    pub last_used_ms: Option<i64>,
+}
+
+/// One change to the fleet or to trust, asked through the API or made by a controller.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuditRecord {
+    pub id: i64,
+    pub at_ms: i64,
+    pub token_id: Option<i64>,
+    /// The token's name, or the controller's (`rollout-controller`).
+    pub token_name: String,
+    /// The client's address (`-` for the plane's own actions).
+    pub address: String,
+    /// What was asked: `deploy`, `rollout.start`, `token.create`, ...
+    pub action: String,
+    /// What it was asked of: `classifier@2`, `rollout 3`, `token 5`, ...
+    pub target: String,
+    /// JSON: the request's parameters (no token values).
+    pub detail: String,
+    /// `ok`, `refused` (4xx) or `failed` (5xx).
+    pub outcome: String,
+    /// The HTTP status answered (0 for the plane's own actions).
+    pub status: i64,
+}
+
+/// Tokens and the audit log.
+#[async_trait]
+pub trait AccessStore: Send + Sync + 'static {
+    /// `Conflict` if a token with this hash exists.
+    async fn insert_token(&self, token: &TokenRecord) -> StoreResult<i64>;
+    async fn token_by_hash(&self, token_sha256: &str) -> StoreResult<Option<TokenRecord>>;
+    async fn get_token(&self, id: i64) -> StoreResult<Option<TokenRecord>>;
+    async fn list_tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+    async fn revoke_token(&self, id: i64, at_ms: i64) -> StoreResult<()>;
+    async fn set_token_bootstrap(&self, id: i64) -> StoreResult<()>;
+    async fn token_used(&self, id: i64, at_ms: i64) -> StoreResult<()>;
+    async fn insert_audit(&self, entry: &AuditRecord) -> StoreResult<i64>;
+    /// Entries at or after `since_ms`, oldest first, at most `limit`.
+    async fn audit_since(&self, since_ms: i64, limit: i64) -> StoreResult<Vec<AuditRecord>>;
 }

@@ -113,7 +113,7 @@ fn parse_target(kind: &str, text: &str) -> StoreResult<DeploymentTarget> {
     }
 }
 
-fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
+pub(super) fn conflict_or(error: sqlx::Error, what: impl FnOnce() -> String) -> StoreError {
     match &error {
         sqlx::Error::Database(database_error) if database_error.is_unique_violation() => StoreError::Conflict(what()),
         _ => StoreError::Database(error),
@@ -550,26 +550,6 @@ macro_rules! impl_store {
                         .await?,
                 };
                 rows.iter().map(|row| Ok(row_to_window!(row))).collect()
-            }
-
-            async fn insert_token(&self, token_sha256: &str, name: &str, at_ms: i64) -> StoreResult<()> {
-                sqlx::query("INSERT INTO api_tokens (token_sha256, name, created_ms) VALUES ($1, $2, $3) ON CONFLICT (token_sha256) DO NOTHING")
-                    .bind(token_sha256)
-                    .bind(name)
-                    .bind(at_ms)
-                    .execute(&self.pool)
-                    .await?;
-                Ok(())
-            }
-
-            async fn token_exists(&self, token_sha256: &str) -> StoreResult<bool> {
-                let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE token_sha256 = $1").bind(token_sha256).fetch_one(&self.pool).await?;
-                Ok(row.try_get::<i64, _>("n")? > 0)
-            }
-
-            async fn count_tokens(&self) -> StoreResult<i64> {
-                let row = sqlx::query("SELECT COUNT(*) AS n FROM api_tokens").fetch_one(&self.pool).await?;
-                Ok(row.try_get("n")?)
             }
         }
     };

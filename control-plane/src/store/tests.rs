@@ -212,13 +212,57 @@ async fn deployments_desired_states_windows_and_tokens_round_trip() {
         assert_eq!(since, vec![window(200, "d2"), window(300, "d1")], "{backend}");
         assert!(store.windows_since("m", Some(2), 0).await.unwrap().is_empty());
         assert_eq!(store.windows_since("m", None, 0).await.unwrap().len(), 3);
+    }
+}
 
-        assert_eq!(store.count_tokens().await.unwrap(), 0);
-        store.insert_token("abc", "admin", 1).await.unwrap();
-        store.insert_token("abc", "admin again", 2).await.unwrap();
-        assert!(store.token_exists("abc").await.unwrap());
-        assert!(!store.token_exists("abd").await.unwrap());
-        assert_eq!(store.count_tokens().await.unwrap(), 1, "{backend}");
+#[tokio::test]
+async fn tokens_are_found_by_hash_revoked_once_and_the_audit_log_reads_back_in_order() {
+    for (store, _dir) in stores().await {
+        let backend = store.backend();
+        assert!(store.list_tokens().await.unwrap().is_empty(), "{backend}");
+        let token = TokenRecord {
+            id: 0,
+            token_sha256: "abc".into(),
+            name: "ci".into(),
+            role: "operator".into(),
+            scopes: "tracking".into(),
+            bootstrap: false,
+            created_ms: 1,
+            created_by: "admin".into(),
+            expires_ms: Some(99),
+            revoked_ms: None,
+            last_used_ms: None,
+        };
+        let id = store.insert_token(&token).await.unwrap();
+        assert!(matches!(store.insert_token(&token).await, Err(StoreError::Conflict(_))), "{backend}: the same value twice");
+        assert_eq!(store.token_by_hash("abc").await.unwrap(), Some(TokenRecord { id, ..token.clone() }), "{backend}");
+        assert_eq!(store.token_by_hash("abd").await.unwrap(), None);
+        store.token_used(id, 5).await.unwrap();
+        store.revoke_token(id, 7).await.unwrap();
+        store.revoke_token(id, 8).await.unwrap();
+        let stored = store.get_token(id).await.unwrap().unwrap();
+        assert_eq!((stored.revoked_ms, stored.last_used_ms), (Some(7), Some(5)), "{backend}: the first revocation stands");
+        store.set_token_bootstrap(id).await.unwrap();
+        assert!(store.list_tokens().await.unwrap()[0].bootstrap, "{backend}");
+
+        let entry = |at_ms: i64, action: &str| AuditRecord {
+            id: 0,
+            at_ms,
+            token_id: Some(id),
+            token_name: "ci".into(),
+            address: "127.0.0.1".into(),
+            action: action.into(),
+            target: "/api/v1/deployments".into(),
+            detail: "{}".into(),
+            outcome: "ok".into(),
+            status: 201,
+        };
+        for (at_ms, action) in [(10, "deploy"), (20, "rollout.start"), (30, "alias.set")] {
+            store.insert_audit(&entry(at_ms, action)).await.unwrap();
+        }
+        let since: Vec<String> = store.audit_since(20, 10).await.unwrap().into_iter().map(|entry| entry.action).collect();
+        assert_eq!(since, ["rollout.start", "alias.set"], "{backend}");
+        assert_eq!(store.audit_since(0, 1).await.unwrap().len(), 1, "{backend}");
     }
 }
 

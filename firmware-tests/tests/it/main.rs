@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod api_snapshot;
 mod bad_input;
 mod demo;

@@ -32,13 +32,18 @@ async fn the_mlflow_client_logs_registers_and_its_champion_deploys_and_answers_l
     let dir = test_dir();
     let plane = Plane::start(dir.path(), PlaneOptions::default()).await;
     let agent = Agent::start(&plane, "edge-1", AgentOptions::default()).await;
+    // The data scientist's token: the MLflow API only (issue 16's `tracking` scope).
+    let (code, stdout, stderr) =
+        plane.cli(&plane.token, &["tokens", "create", "--role", "operator", "--scope", "tracking", "--name", "notebook"]);
+    assert_eq!(code, 0, "{stderr}");
+    let tracking_token = stdout.trim().to_string();
     let out = dir.path().join("e2e-out");
     let run = |name: &str, extra: &[&str]| {
         let output = Command::new(&python)
             .arg(script(name))
             .args(extra)
             .env("MLFLOW_TRACKING_URI", &plane.api)
-            .env("MLFLOW_TRACKING_TOKEN", &plane.token)
+            .env("MLFLOW_TRACKING_TOKEN", &tracking_token)
             .env("FLEETML_EXPECT_AUTH", "1")
             .output()
             .unwrap();
@@ -51,6 +56,11 @@ async fn the_mlflow_client_logs_registers_and_its_champion_deploys_and_answers_l
 
     let result: Value = serde_json::from_str(&std::fs::read_to_string(out.join("result.json")).unwrap()).unwrap();
     let model = result["model"].as_str().unwrap();
+    // What the tracking token registered, it cannot deploy.
+    let deploy = json!({ "model": model, "alias": "champion", "device": "edge-1" });
+    let (status, refusal) = plane.request_as(&tracking_token, reqwest::Method::POST, "/api/v1/deployments", Some(&deploy)).await;
+    assert_eq!(status, 403, "{refusal}");
+    assert!(refusal["message"].as_str().unwrap().contains("scoped to tracking"), "{refusal}");
     let answer = plane.deploy_alias(model, "champion", ("device", "edge-1")).await;
     let version = answer["version"].as_i64().unwrap();
     assert_eq!(version, result["version"].as_i64().unwrap(), "the alias names the version the client registered");

@@ -255,8 +255,10 @@ mod calibration_tests {
             })
             .sum();
         let exact_mean = values.iter().sum::<f64>() / values.len() as f64;
-        // Exact up to items clamped into their bin (k = 8 keeps very few items per bin).
-        assert!((mean - exact_mean).abs() < 1e-3 * exact_mean, "calibrated mean {mean} vs {exact_mean}");
+        // Exact up to items clamped into their bin: k = 8 keeps very few items per bin, and
+        // which ones is the sketch's coin flips. Over 1,000 runs the error stayed below 0.25%
+        // (a 0.1% bound failed 2% of runs).
+        assert!((mean - exact_mean).abs() < 5e-3 * exact_mean, "calibrated mean {mean} vs {exact_mean}");
         let mut expected = 0.0;
         for (edge, count) in edges.iter().zip(&counts) {
             expected += *count as f64 / 10_000.0;

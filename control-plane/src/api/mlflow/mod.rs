@@ -12,18 +12,20 @@ mod runs;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path as UrlPath, Query, State};
+use axum::extract::{Path as UrlPath, Query};
 use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::routing::{MethodRouter, get, post};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use super::error::ApiError;
+use super::guard::{Access, Dialect, RouteSpec};
 use crate::PlaneCore;
+use crate::access::{Area, Need};
 use crate::artifacts::ArtifactError;
 use crate::store::StoreError;
 use crate::tracking::TrackingError;
@@ -185,77 +187,131 @@ pub(super) fn now_ms() -> i64 {
     fleetml_shared::now_ms() as i64
 }
 
-/// MLflow clients send MLFLOW_TRACKING_TOKEN as a bearer token.
-pub async fn require_token(
-    State(core): State<Arc<PlaneCore>>,
-    headers: axum::http::HeaderMap,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Result<Response, MlflowError> {
-    if super::authorized(&core, &headers).await.map_err(MlflowError::from)? {
-        Ok(next.run(request).await)
-    } else {
-        Err(MlflowError {
-            status: StatusCode::UNAUTHORIZED,
-            code: "UNAUTHENTICATED",
-            message: "missing or invalid bearer token (set MLFLOW_TRACKING_TOKEN)".into(),
-        })
-    }
-}
-
-pub fn router() -> Router<Arc<PlaneCore>> {
-    Router::new()
-        .route("/api/2.0/mlflow/experiments/create", post(experiments::create_experiment))
-        .route("/api/2.0/mlflow/experiments/get", get(experiments::get_experiment))
-        .route("/api/2.0/mlflow/experiments/get-by-name", get(experiments::get_experiment_by_name))
-        .route("/api/2.0/mlflow/experiments/search", post(experiments::search_experiments).get(experiments::search_experiments))
-        .route("/api/2.0/mlflow/experiments/list", get(experiments::search_experiments))
-        .route("/api/2.0/mlflow/experiments/delete", post(experiments::delete_experiment))
-        .route("/api/2.0/mlflow/experiments/restore", post(experiments::restore_experiment))
-        .route("/api/2.0/mlflow/experiments/set-experiment-tag", post(experiments::set_experiment_tag))
-        .route("/api/2.0/mlflow/runs/create", post(runs::create_run))
-        .route("/api/2.0/mlflow/runs/get", get(runs::get_run))
-        .route("/api/2.0/mlflow/runs/update", post(runs::update_run))
-        .route("/api/2.0/mlflow/runs/delete", post(runs::delete_run))
-        .route("/api/2.0/mlflow/runs/restore", post(runs::restore_run))
-        .route("/api/2.0/mlflow/runs/search", post(runs::search_runs).get(runs::search_runs))
-        .route("/api/2.0/mlflow/runs/log-metric", post(runs::log_metric))
-        .route("/api/2.0/mlflow/runs/log-parameter", post(runs::log_parameter))
-        .route("/api/2.0/mlflow/runs/set-tag", post(runs::set_tag))
-        .route("/api/2.0/mlflow/runs/delete-tag", post(runs::delete_tag))
-        .route("/api/2.0/mlflow/runs/log-batch", post(runs::log_batch))
-        .route("/api/2.0/mlflow/runs/log-model", post(accept_and_ignore))
-        .route("/api/2.0/mlflow/runs/log-inputs", post(accept_and_ignore))
-        .route("/api/2.0/mlflow/metrics/get-history", get(runs::metric_history))
-        .route("/api/2.0/mlflow/logged-models/search", post(search_logged_models))
-        .route("/api/2.0/mlflow/registered-models/create", post(registry::create_registered_model))
-        .route("/api/2.0/mlflow/registered-models/get", get(registry::get_registered_model))
-        .route("/api/2.0/mlflow/registered-models/search", get(registry::search_registered_models))
-        .route("/api/2.0/mlflow/registered-models/update", axum::routing::patch(registry::update_registered_model))
-        .route("/api/2.0/mlflow/registered-models/set-tag", post(registry::set_registered_model_tag))
-        .route(
-            "/api/2.0/mlflow/registered-models/get-latest-versions",
-            post(registry::get_latest_versions).get(registry::get_latest_versions),
-        )
-        .route(
+/// Every MLflow route and what it asks of a token: reads for any token allowed in the tracking
+/// area (a `tracking`-scoped one among them), changes for operators.
+pub fn routes() -> Vec<RouteSpec> {
+    use Method as M;
+    let read = Access::Read;
+    let operate = |action| Access::Change { need: Need::Operate, action };
+    let tracking = |method: Method, path, access, handler: MethodRouter<Arc<PlaneCore>>| RouteSpec {
+        method,
+        path,
+        access,
+        area: Area::Tracking,
+        dialect: Dialect::Mlflow,
+        handler,
+    };
+    vec![
+        tracking(M::POST, "/api/2.0/mlflow/experiments/create", operate("mlflow.experiments.create"), post(experiments::create_experiment)),
+        tracking(M::GET, "/api/2.0/mlflow/experiments/get", read, get(experiments::get_experiment)),
+        tracking(M::GET, "/api/2.0/mlflow/experiments/get-by-name", read, get(experiments::get_experiment_by_name)),
+        tracking(M::POST, "/api/2.0/mlflow/experiments/search", read, post(experiments::search_experiments)),
+        tracking(M::GET, "/api/2.0/mlflow/experiments/search", read, get(experiments::search_experiments)),
+        tracking(M::GET, "/api/2.0/mlflow/experiments/list", read, get(experiments::search_experiments)),
+        tracking(M::POST, "/api/2.0/mlflow/experiments/delete", operate("mlflow.experiments.delete"), post(experiments::delete_experiment)),
+        tracking(
+            M::POST,
+            "/api/2.0/mlflow/experiments/restore",
+            operate("mlflow.experiments.restore"),
+            post(experiments::restore_experiment),
+        ),
+        tracking(
+            M::POST,
+            "/api/2.0/mlflow/experiments/set-experiment-tag",
+            operate("mlflow.experiments.set_experiment_tag"),
+            post(experiments::set_experiment_tag),
+        ),
+        tracking(M::POST, "/api/2.0/mlflow/runs/create", operate("mlflow.runs.create"), post(runs::create_run)),
+        tracking(M::GET, "/api/2.0/mlflow/runs/get", read, get(runs::get_run)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/update", operate("mlflow.runs.update"), post(runs::update_run)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/delete", operate("mlflow.runs.delete"), post(runs::delete_run)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/restore", operate("mlflow.runs.restore"), post(runs::restore_run)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/search", read, post(runs::search_runs)),
+        tracking(M::GET, "/api/2.0/mlflow/runs/search", read, get(runs::search_runs)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/log-metric", operate("mlflow.runs.log_metric"), post(runs::log_metric)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/log-parameter", operate("mlflow.runs.log_parameter"), post(runs::log_parameter)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/set-tag", operate("mlflow.runs.set_tag"), post(runs::set_tag)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/delete-tag", operate("mlflow.runs.delete_tag"), post(runs::delete_tag)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/log-batch", operate("mlflow.runs.log_batch"), post(runs::log_batch)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/log-model", operate("mlflow.runs.log_model"), post(accept_and_ignore)),
+        tracking(M::POST, "/api/2.0/mlflow/runs/log-inputs", operate("mlflow.runs.log_inputs"), post(accept_and_ignore)),
+        tracking(M::GET, "/api/2.0/mlflow/metrics/get-history", read, get(runs::metric_history)),
+        tracking(M::POST, "/api/2.0/mlflow/logged-models/search", read, post(search_logged_models)),
+        tracking(
+            M::POST,
+            "/api/2.0/mlflow/registered-models/create",
+            operate("mlflow.registered_models.create"),
+            post(registry::create_registered_model),
+        ),
+        tracking(M::GET, "/api/2.0/mlflow/registered-models/get", read, get(registry::get_registered_model)),
+        tracking(M::GET, "/api/2.0/mlflow/registered-models/search", read, get(registry::search_registered_models)),
+        tracking(
+            M::PATCH,
+            "/api/2.0/mlflow/registered-models/update",
+            operate("mlflow.registered_models.update"),
+            axum::routing::patch(registry::update_registered_model),
+        ),
+        tracking(
+            M::POST,
+            "/api/2.0/mlflow/registered-models/set-tag",
+            operate("mlflow.registered_models.set_tag"),
+            post(registry::set_registered_model_tag),
+        ),
+        tracking(M::POST, "/api/2.0/mlflow/registered-models/get-latest-versions", read, post(registry::get_latest_versions)),
+        tracking(M::GET, "/api/2.0/mlflow/registered-models/get-latest-versions", read, get(registry::get_latest_versions)),
+        tracking(
+            M::POST,
             "/api/2.0/mlflow/registered-models/alias",
-            post(registry::set_alias).delete(registry::delete_alias).get(registry::get_by_alias),
-        )
-        .route("/api/2.0/mlflow/model-versions/create", post(registry::create_model_version))
-        .route("/api/2.0/mlflow/model-versions/get", get(registry::get_model_version))
-        .route("/api/2.0/mlflow/model-versions/search", get(registry::search_model_versions))
-        .route("/api/2.0/mlflow/model-versions/update", axum::routing::patch(registry::update_model_version))
-        .route("/api/2.0/mlflow/model-versions/set-tag", post(registry::set_model_version_tag))
-        .route("/api/2.0/mlflow/model-versions/get-download-uri", get(registry::get_download_uri))
-        .route("/api/2.0/mlflow-artifacts/artifacts", get(artifacts::list_artifacts))
-        .route(
+            operate("mlflow.registered_models.set_alias"),
+            post(registry::set_alias),
+        ),
+        tracking(
+            M::DELETE,
+            "/api/2.0/mlflow/registered-models/alias",
+            operate("mlflow.registered_models.delete_alias"),
+            axum::routing::delete(registry::delete_alias),
+        ),
+        tracking(M::GET, "/api/2.0/mlflow/registered-models/alias", read, get(registry::get_by_alias)),
+        tracking(
+            M::POST,
+            "/api/2.0/mlflow/model-versions/create",
+            operate("mlflow.model_versions.create"),
+            post(registry::create_model_version),
+        ),
+        tracking(M::GET, "/api/2.0/mlflow/model-versions/get", read, get(registry::get_model_version)),
+        tracking(M::GET, "/api/2.0/mlflow/model-versions/search", read, get(registry::search_model_versions)),
+        tracking(
+            M::PATCH,
+            "/api/2.0/mlflow/model-versions/update",
+            operate("mlflow.model_versions.update"),
+            axum::routing::patch(registry::update_model_version),
+        ),
+        tracking(
+            M::POST,
+            "/api/2.0/mlflow/model-versions/set-tag",
+            operate("mlflow.model_versions.set_tag"),
+            post(registry::set_model_version_tag),
+        ),
+        tracking(M::GET, "/api/2.0/mlflow/model-versions/get-download-uri", read, get(registry::get_download_uri)),
+        tracking(M::GET, "/api/2.0/mlflow-artifacts/artifacts", read, get(artifacts::list_artifacts)),
+        tracking(M::GET, "/api/2.0/mlflow-artifacts/artifacts/{*path}", read, get(artifacts::download_artifact)),
+        tracking(
+            M::PUT,
             "/api/2.0/mlflow-artifacts/artifacts/{*path}",
-            get(artifacts::download_artifact).put(artifacts::upload_artifact).delete(artifacts::delete_artifact),
-        )
-        .route("/api/3.0/mlflow/server-info", get(server_info))
-        .route("/api/2.0/mlflow/{*rest}", axum::routing::any(unsupported))
-        .route("/api/3.0/mlflow/{*rest}", axum::routing::any(unsupported))
-        .route("/api/2.0/mlflow-artifacts/{*rest}", axum::routing::any(unsupported))
+            operate("mlflow.artifacts.upload"),
+            axum::routing::put(artifacts::upload_artifact),
+        ),
+        tracking(
+            M::DELETE,
+            "/api/2.0/mlflow-artifacts/artifacts/{*path}",
+            operate("mlflow.artifacts.delete"),
+            axum::routing::delete(artifacts::delete_artifact),
+        ),
+        tracking(M::GET, "/api/3.0/mlflow/server-info", read, get(server_info)),
+        tracking(M::GET, "/api/2.0/mlflow/{*rest}", read, axum::routing::any(unsupported)),
+        tracking(M::GET, "/api/3.0/mlflow/{*rest}", read, axum::routing::any(unsupported)),
+        tracking(M::GET, "/api/2.0/mlflow-artifacts/{*rest}", read, axum::routing::any(unsupported)),
+    ]
 }
 
 async fn unsupported(method: Method, UrlPath(rest): UrlPath<String>) -> MlflowError {
