@@ -186,25 +186,38 @@ pub struct Manifest {
 }
 
 impl Manifest {
+    /// The sum of the file lengths, or `None` when it does not fit a `u64` (a forged
+    /// manifest: `check_structure` refuses it).
+    pub fn checked_payload_len(&self) -> Option<u64> {
+        self.files.iter().try_fold(0u64, |sum, file| sum.checked_add(file.length))
+    }
+
+    /// The sum of the file lengths, saturating at `u64::MAX` (which `check_structure` refuses),
+    /// so a manifest whose lengths wrap can never look small.
     pub fn payload_len(&self) -> u64 {
-        self.files.iter().map(|file| file.length).sum()
+        self.checked_payload_len().unwrap_or(u64::MAX)
     }
 
+    /// Chunk count; saturates at `u32::MAX` (`check_structure` bounds it far below).
     pub fn n_chunks(&self) -> u32 {
-        self.chunk_hashes.len() as u32
+        u32::try_from(self.chunk_hashes.len()).unwrap_or(u32::MAX)
     }
 
-    /// Byte range of chunk `index` within the payload.
+    /// Byte range of chunk `index` within the payload (empty beyond the payload's end).
     pub fn chunk_range(&self, index: u32) -> std::ops::Range<u64> {
-        let start = index as u64 * self.chunk_size as u64;
-        let end = (start + self.chunk_size as u64).min(self.payload_len());
+        let payload_len = self.payload_len();
+        // u32 × u32 fits a u64, and so does adding a u32 to it.
+        let start = (u64::from(index) * u64::from(self.chunk_size)).min(payload_len);
+        let end = (start + u64::from(self.chunk_size)).min(payload_len);
         start..end
     }
 
-    /// Byte range of the file at `file_idx` within the payload.
+    /// Byte range of the file at `file_idx` within the payload (saturating: a manifest that
+    /// passed `check_structure` has lengths that sum without overflow).
     pub fn file_range(&self, file_idx: usize) -> std::ops::Range<u64> {
-        let start: u64 = self.files[..file_idx].iter().map(|file| file.length).sum();
-        start..start + self.files[file_idx].length
+        let start = self.files.iter().take(file_idx).fold(0u64, |sum, file| sum.saturating_add(file.length));
+        let length = self.files.get(file_idx).map_or(0, |file| file.length);
+        start..start.saturating_add(length)
     }
 
     pub fn model_file_index(&self) -> Option<usize> {
@@ -224,12 +237,17 @@ impl Manifest {
         if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK_SIZE {
             return Err(BundleError::Invalid(format!("chunk size {} out of range", self.chunk_size)));
         }
-        let payload_len = self.payload_len();
+        // Checked: a signed manifest with lengths that wrap must not pass as a small payload.
+        let Some(payload_len) = self.checked_payload_len() else {
+            return Err(BundleError::Invalid(format!("file lengths of {} files overflow a 64-bit sum", self.files.len())));
+        };
         if payload_len > MAX_PAYLOAD_BYTES {
             return Err(BundleError::Invalid(format!("payload of {payload_len} bytes is too large")));
         }
-        let expected_chunks = payload_len.div_ceil(self.chunk_size as u64);
-        if self.chunk_hashes.len() as u64 != expected_chunks {
+        // Invariant from here: payload_len <= MAX_PAYLOAD_BYTES (2^31), so every offset, file
+        // range and chunk count fits a u32 chunk index and a usize on 32-bit devices.
+        let expected_chunks = payload_len.div_ceil(u64::from(self.chunk_size));
+        if u64::try_from(self.chunk_hashes.len()).ok() != Some(expected_chunks) {
             return Err(BundleError::Invalid(format!("{} chunk hashes for {expected_chunks} chunks", self.chunk_hashes.len())));
         }
         if self.model_file_index().is_none() {
@@ -339,8 +357,9 @@ pub fn check_chunk(manifest: &Manifest, index: u32, data: &[u8]) -> Result<(), B
         return Err(BundleError::Invalid(format!("chunk index {index} beyond {}", manifest.n_chunks())));
     };
     let range = manifest.chunk_range(index);
-    if data.len() as u64 != range.end - range.start {
-        return Err(BundleError::LengthMismatch { expected: range.end - range.start, got: data.len() as u64 });
+    let expected = range.end - range.start;
+    if u64::try_from(data.len()).ok() != Some(expected) {
+        return Err(BundleError::LengthMismatch { expected, got: u64::try_from(data.len()).unwrap_or(u64::MAX) });
     }
     if &sha256(data) != expected_hash {
         return Err(BundleError::HashMismatch { what: format!("chunk {index}") });
@@ -349,16 +368,31 @@ pub fn check_chunk(manifest: &Manifest, index: u32, data: &[u8]) -> Result<(), B
 }
 
 /// Checks a whole payload: length, every chunk, every file.
+/// Never panics, even on a manifest that did not pass `check_structure`.
 pub fn check_payload(manifest: &Manifest, payload: &[u8]) -> Result<(), BundleError> {
-    if payload.len() as u64 != manifest.payload_len() {
-        return Err(BundleError::LengthMismatch { expected: manifest.payload_len(), got: payload.len() as u64 });
+    let got = u64::try_from(payload.len()).unwrap_or(u64::MAX);
+    let Some(expected) = manifest.checked_payload_len() else {
+        return Err(BundleError::Invalid("file lengths overflow a 64-bit sum".into()));
+    };
+    if got != expected {
+        return Err(BundleError::LengthMismatch { expected, got });
     }
-    for (chunk_idx, chunk) in payload.chunks(manifest.chunk_size as usize).enumerate() {
-        check_chunk(manifest, chunk_idx as u32, chunk)?;
+    let chunk_size = usize::try_from(manifest.chunk_size).ok().filter(|size| *size > 0);
+    let Some(chunk_size) = chunk_size else {
+        return Err(BundleError::Invalid(format!("chunk size {}", manifest.chunk_size)));
+    };
+    for (chunk_idx, chunk) in payload.chunks(chunk_size).enumerate() {
+        let chunk_idx = u32::try_from(chunk_idx).map_err(|_| BundleError::Invalid("more than 2^32 chunks".into()))?;
+        check_chunk(manifest, chunk_idx, chunk)?;
     }
     for (file_idx, file) in manifest.files.iter().enumerate() {
         let range = manifest.file_range(file_idx);
-        if sha256(&payload[range.start as usize..range.end as usize]) != file.sha256 {
+        let bytes = usize::try_from(range.start)
+            .ok()
+            .zip(usize::try_from(range.end).ok())
+            .and_then(|(start, end)| payload.get(start..end))
+            .ok_or_else(|| BundleError::Invalid(format!("file {} lies outside the payload", file.name)))?;
+        if sha256(bytes) != file.sha256 {
             return Err(BundleError::HashMismatch { what: format!("file {}", file.name) });
         }
     }
@@ -466,6 +500,58 @@ pub(crate) mod tests {
         ));
         assert!(matches!(check_payload(&verified.manifest, &payload[..599]), Err(BundleError::LengthMismatch { expected: 600, got: 599 })));
         assert!(check_chunk(&verified.manifest, 9, &[]).is_err());
+    }
+
+    /// A manifest whose file lengths wrap to a small sum, signed by a trusted key, and a
+    /// payload of that small sum with matching chunk hashes.
+    fn wrapping_manifest() -> (Manifest, Vec<u8>) {
+        let payload = vec![9u8; 100];
+        let mut manifest = sample_manifest(&payload, 64);
+        // (2^64 - 28) + 128 wraps to exactly 100: the payload length.
+        manifest.files = vec![
+            FileEntry { role: ROLE_MODEL.into(), name: "model.onnx".into(), length: u64::MAX - 27, sha256: sha256(&payload) },
+            FileEntry { role: ROLE_PROFILE.into(), name: "profile.json".into(), length: 128, sha256: sha256(&[]) },
+        ];
+        assert_eq!(manifest.files[0].length.wrapping_add(manifest.files[1].length), 100);
+        (manifest, payload)
+    }
+
+    #[test]
+    fn a_signed_manifest_whose_file_lengths_wrap_is_refused_and_never_panics() {
+        let key_pair = SigningKeyPair::generate().unwrap();
+        let trusted = TrustedKeys::new(vec![key_pair.public_key()]);
+        let (manifest, payload) = wrapping_manifest();
+        let signed = SignedManifest::sign(&manifest, &key_pair).unwrap();
+        match signed.verify(&trusted, 5_000) {
+            Err(BundleError::Invalid(reason)) => assert!(reason.contains("overflow"), "{reason}"),
+            other => panic!("expected the overflow to be refused, got {other:?}"),
+        }
+        // The ranges saturate instead of wrapping, and the payload check refuses rather than
+        // panicking, even when handed the manifest unverified.
+        assert_eq!(manifest.payload_len(), u64::MAX);
+        assert_eq!(manifest.file_range(1), u64::MAX - 27..u64::MAX);
+        assert!(matches!(check_payload(&manifest, &payload), Err(BundleError::Invalid(_))));
+        assert!(check_chunk(&manifest, u32::MAX, &[]).is_err());
+    }
+
+    #[test]
+    fn manifests_with_out_of_range_numbers_are_refused() {
+        #[track_caller]
+        fn check(edit: impl FnOnce(&mut Manifest), expected_reason: &str) {
+            let payload = vec![1u8; 300];
+            let mut manifest = sample_manifest(&payload, 128);
+            edit(&mut manifest);
+            match manifest.check_structure() {
+                Err(BundleError::Invalid(reason)) => assert!(reason.contains(expected_reason), "{reason}"),
+                other => panic!("expected `{expected_reason}`, got {other:?}"),
+            }
+        }
+        check(|manifest| manifest.chunk_size = 0, "chunk size 0");
+        check(|manifest| manifest.chunk_size = MAX_CHUNK_SIZE + 1, "out of range");
+        check(|manifest| manifest.files[0].length = MAX_PAYLOAD_BYTES + 1, "too large");
+        check(|manifest| manifest.files.push(manifest.files[0].clone()), "chunk hashes");
+        check(|manifest| manifest.files.push(FileEntry { length: u64::MAX, ..manifest.files[0].clone() }), "overflow");
+        check(|manifest| manifest.chunk_hashes.push([0; 32]), "4 chunk hashes for 3 chunks");
     }
 
     #[test]

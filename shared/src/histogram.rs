@@ -50,11 +50,13 @@ pub fn bucket_lower_bound(bucket: usize) -> u64 {
 
 impl Histogram {
     pub fn record(&mut self, value: u64) {
-        self.counts[bucket_of(value)] += 1;
+        let count = &mut self.counts[bucket_of(value)];
+        *count = count.saturating_add(1);
     }
 
+    /// Saturating: counts merged from devices are untrusted and may be huge.
     pub fn total(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().fold(0u64, |sum, count| sum.saturating_add(*count))
     }
 
     pub fn snapshot(&self) -> HistogramSnapshot {
@@ -91,7 +93,7 @@ impl Histogram {
         let rank = ((quantile.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
         let mut seen = 0u64;
         for (bucket, &count) in self.counts.iter().enumerate() {
-            seen += count;
+            seen = seen.saturating_add(count);
             if seen >= rank {
                 let lower = bucket_lower_bound(bucket) as f64;
                 let upper = bucket_lower_bound(bucket + 1) as f64;
@@ -103,8 +105,14 @@ impl Histogram {
 }
 
 impl HistogramSnapshot {
+    /// Saturating, like `Histogram::total`.
     pub fn total(&self) -> u64 {
-        self.buckets.iter().map(|(_, count)| count).sum()
+        self.buckets.iter().fold(0u64, |sum, (_, count)| sum.saturating_add(*count))
+    }
+
+    /// The total, or `None` when it overflows a `u64` (a forged snapshot).
+    pub fn checked_total(&self) -> Option<u64> {
+        self.buckets.iter().try_fold(0u64, |sum, (_, count)| sum.checked_add(*count))
     }
 }
 
@@ -151,5 +159,18 @@ mod tests {
         merged.merge(&right.snapshot());
         assert_eq!(merged.snapshot(), both.snapshot());
         assert_eq!(merged.total(), 500);
+    }
+
+    #[test]
+    fn forged_counts_saturate_instead_of_overflowing() {
+        let forged = HistogramSnapshot { buckets: vec![(3, u64::MAX), (9, u64::MAX), (N_BUCKETS as u16 + 5, 1)] };
+        assert_eq!(forged.total(), u64::MAX);
+        assert_eq!(forged.checked_total(), None);
+        let mut merged = Histogram::default();
+        merged.merge(&forged);
+        merged.merge(&forged);
+        assert_eq!(merged.total(), u64::MAX);
+        assert!(merged.quantile(0.99).is_some());
+        assert_eq!(HistogramSnapshot { buckets: vec![(1, 2), (2, 3)] }.checked_total(), Some(5));
     }
 }
