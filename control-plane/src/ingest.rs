@@ -15,11 +15,15 @@ use crate::PlaneCore;
 use crate::deployment::controller::ControllerCommand;
 use crate::mqtt::Inbound;
 use crate::reported::ReportedSlot;
-use crate::store::{DeviceChange, DeviceVitals, DriftWindowRecord, InferenceWindow, ReportedUpdate, ShadowWindowRecord};
+use crate::store::{DeviceChange, InferenceWindow, ReportedUpdate};
 use fleetml_shared::drift::profile::Profile;
 use fleetml_shared::drift::window::MergedWindow;
 use fleetml_shared::protocol::DriftWindowReport;
-use std::collections::HashMap;
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+
+use crate::figures;
 
 /// Windows buffered before a forced flush; the flush tick writes smaller batches.
 const MAX_BUFFERED_WINDOWS: usize = 512;
@@ -32,41 +36,47 @@ pub struct Ingest {
     pub core: Arc<PlaneCore>,
     pub inbound: mpsc::Receiver<Inbound>,
     /// Profiles by version, loaded on a version's first window (`None`: it has none).
-    pub profiles: HashMap<(String, i64), Option<Arc<Profile>>>,
+    /// Bounded (`PROFILE_CACHE_CAPACITY`, least recently used goes): devices name the
+    /// versions, so without a bound they could grow it without end.
+    pub profiles: LruCache<(String, i64), Option<Arc<Profile>>>,
+}
+
+/// Versions whose reference profile ingest keeps parsed. A version beyond it is loaded
+/// again from the store on its next window (one read and a parse).
+pub const PROFILE_CACHE_CAPACITY: NonZeroUsize = NonZeroUsize::new(256).expect("non-zero");
+
+fn now_ms() -> i64 {
+    i64::try_from(fleetml_shared::now_ms()).unwrap_or(i64::MAX)
 }
 
 impl Ingest {
     pub fn new(core: Arc<PlaneCore>, inbound: mpsc::Receiver<Inbound>) -> Self {
-        Ingest { core, inbound, profiles: HashMap::new() }
+        Ingest { core, inbound, profiles: LruCache::new(PROFILE_CACHE_CAPACITY) }
     }
 
     /// Checks a device's drift window against its version's profile and stores it once.
     async fn store_drift_window(&mut self, report: DriftWindowReport) -> Result<(), String> {
-        let key = (report.model.clone(), report.version as i64);
-        if !self.profiles.contains_key(&key) {
-            let profile = match crate::drift::load_profile(&self.core, &report.model, report.version as i64).await {
-                Ok(profile) => Some(Arc::new(profile)),
-                Err(crate::drift::DriftQueryError::NoProfile(..)) => None,
-                Err(error) => return Err(error.to_string()),
-            };
-            self.profiles.insert(key.clone(), profile);
-        }
-        let Some(Some(profile)) = self.profiles.get(&key) else {
+        let version = figures::drift_version(&report).map_err(|error| error.to_string())?;
+        let key = (report.model.clone(), version);
+        let profile = match self.profiles.get(&key) {
+            Some(profile) => profile.clone(),
+            None => {
+                let profile = match crate::drift::load_profile(&self.core, &report.model, version).await {
+                    Ok(profile) => Some(Arc::new(profile)),
+                    Err(crate::drift::DriftQueryError::NoProfile(..)) => None,
+                    Err(error) => return Err(error.to_string()),
+                };
+                self.profiles.put(key, profile.clone());
+                profile
+            }
+        };
+        let Some(profile) = profile else {
             return Err(format!("{}@{} has no reference profile", report.model, report.version));
         };
         // The whole window must fit the profile before it is kept.
-        MergedWindow::new(profile).merge(&report.window).map_err(|error| error.to_string())?;
-        let record = DriftWindowRecord {
-            device_id: report.device_id.clone(),
-            model: report.model.clone(),
-            version: report.version as i64,
-            seq: report.seq as i64,
-            started_ms: report.window.started_at_ms as i64,
-            ended_ms: report.window.ended_at_ms as i64,
-            received_ms: fleetml_shared::now_ms() as i64,
-            samples: report.window.samples as i64,
-            body: postcard::to_stdvec(&report.window).map_err(|error| error.to_string())?,
-        };
+        MergedWindow::new(&profile).merge(&report.window).map_err(|error| error.to_string())?;
+        let body = postcard::to_stdvec(&report.window).map_err(|error| error.to_string())?;
+        let record = figures::drift_record(&report, body, now_ms()).map_err(|error| error.to_string())?;
         let inserted = self.core.store.insert_drift_window(&record).await.map_err(|error| error.to_string())?;
         if !inserted {
             tracing::debug!(device_id = %report.device_id, seq = report.seq, "drift window already stored (redelivery)");
@@ -118,6 +128,9 @@ impl Ingest {
         match inbound.kind {
             TopicKind::Reported { device_id } => match protocol::decode::<Reported>(&inbound.payload) {
                 Ok(Reported::Online(state)) if state.device_id == device_id => {
+                    if let Err(error) = figures::check_reported(&state) {
+                        return self.refuse(&device_id, "reported", error);
+                    }
                     let labels: BTreeMap<String, String> = state.labels.into_iter().collect();
                     let update = ReportedUpdate {
                         device_id: device_id.clone(),
@@ -161,48 +174,21 @@ impl Ingest {
             },
             TopicKind::Telemetry { device_id } => match protocol::decode::<Telemetry>(&inbound.payload) {
                 Ok(Telemetry::Heartbeat(heartbeat)) if heartbeat.device_id == device_id => {
-                    let now_ms = fleetml_shared::now_ms() as i64;
-                    let vitals = DeviceVitals {
-                        cpu_percent: heartbeat.cpu_percent as f64,
-                        memory_used_bytes: heartbeat.memory_used_bytes as i64,
-                        memory_total_bytes: heartbeat.memory_total_bytes as i64,
-                        process_rss_bytes: heartbeat.process_rss_bytes as i64,
-                        uptime_s: heartbeat.uptime_s as i64,
-                        refused_messages: heartbeat.refused_messages as i64,
-                        last_heartbeat_ms: now_ms,
+                    let (vitals, new_windows) = match figures::heartbeat(&device_id, &heartbeat, now_ms()) {
+                        Ok(checked) => checked,
+                        Err(error) => return self.refuse(&device_id, "heartbeat", error),
                     };
                     if let Err(error) = self.core.store.record_vitals(&device_id, &vitals).await {
                         tracing::error!(%device_id, %error, "could not store heartbeat");
                     }
-                    windows.extend(heartbeat.models.into_iter().filter(|figures| figures.requests > 0).map(|figures| InferenceWindow {
-                        device_id: device_id.clone(),
-                        model: figures.model,
-                        version: figures.version as i64,
-                        window_end_ms: now_ms,
-                        window_ms: heartbeat.window_ms as i64,
-                        requests: figures.requests as i64,
-                        errors: figures.errors as i64,
-                        latency_us: figures.latency_us,
-                    }));
+                    windows.extend(new_windows);
                 }
                 Ok(Telemetry::Shadow(report)) if report.device_id == device_id => {
-                    let now_ms = fleetml_shared::now_ms() as i64;
-                    for figures in report.figures {
-                        let window = ShadowWindowRecord {
-                            device_id: device_id.clone(),
-                            model: figures.model,
-                            active_version: figures.active_version as i64,
-                            candidate_version: figures.candidate_version as i64,
-                            window_end_ms: now_ms,
-                            requests: figures.requests as i64,
-                            errors: figures.errors as i64,
-                            skipped: figures.skipped as i64,
-                            rows: figures.rows as i64,
-                            rows_agreed: figures.rows_agreed.min(figures.rows) as i64,
-                            delta_sum: if figures.delta_sum.is_finite() { figures.delta_sum } else { 0.0 },
-                            delta_max: if figures.delta_max.is_finite() { figures.delta_max } else { 0.0 },
-                            latency_us: figures.candidate_latency_us,
-                        };
+                    let shadow_windows = match figures::shadow_windows(&device_id, &report, now_ms()) {
+                        Ok(checked) => checked,
+                        Err(error) => return self.refuse(&device_id, "shadow report", error),
+                    };
+                    for window in shadow_windows {
                         if let Err(error) = self.core.store.insert_shadow_window(&window).await {
                             tracing::error!(%device_id, %error, "could not store a shadow report");
                         }

@@ -20,6 +20,7 @@ pub mod deployment;
 pub mod distributor;
 pub mod drift;
 pub mod experiments;
+pub mod figures;
 pub mod ingest;
 pub mod keys;
 pub mod mqtt;

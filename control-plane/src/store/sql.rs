@@ -89,8 +89,9 @@ fn batch_totals(windows: &[InferenceWindow]) -> Vec<InferenceTotals> {
         let (totals, latency) = by_version.entry((window.model.as_str(), window.version)).or_insert_with(|| {
             (InferenceTotals { model: window.model.clone(), version: window.version, ..InferenceTotals::default() }, Histogram::default())
         });
-        totals.requests = totals.requests.saturating_add(window.requests);
-        totals.errors = totals.errors.saturating_add(window.errors);
+        // Clamped at 0: the upserts add these to running totals and rely on them not being negative.
+        totals.requests = totals.requests.saturating_add(window.requests.max(0));
+        totals.errors = totals.errors.saturating_add(window.errors.max(0));
         latency.merge(&window.latency_us);
     }
     by_version.into_values().map(|(totals, latency)| InferenceTotals { latency_us: latency.snapshot(), ..totals }).collect()
@@ -480,11 +481,17 @@ macro_rules! impl_store {
                     .await?;
                 }
                 // Additive upserts: concurrent writers (two planes on one PostgreSQL) lose nothing.
+                // They saturate at i64::MAX: a plain `+` overflows into a REAL on SQLite (and
+                // every later read of the row fails) or aborts the batch on PostgreSQL.
+                // Invariant: the added values are >= 0 (`batch_totals`), so the subtraction fits.
                 for totals in batch_totals(windows) {
                     sqlx::query(
                         "INSERT INTO inference_totals (model, version, requests, errors) VALUES ($1, $2, $3, $4) \
-                         ON CONFLICT (model, version) DO UPDATE SET requests = inference_totals.requests + excluded.requests, \
-                         errors = inference_totals.errors + excluded.errors",
+                         ON CONFLICT (model, version) DO UPDATE SET \
+                         requests = CASE WHEN inference_totals.requests > 9223372036854775807 - excluded.requests \
+                             THEN 9223372036854775807 ELSE inference_totals.requests + excluded.requests END, \
+                         errors = CASE WHEN inference_totals.errors > 9223372036854775807 - excluded.errors \
+                             THEN 9223372036854775807 ELSE inference_totals.errors + excluded.errors END",
                     )
                     .bind(&totals.model)
                     .bind(totals.version)
@@ -496,7 +503,8 @@ macro_rules! impl_store {
                         sqlx::query(
                             "INSERT INTO inference_latency_buckets (model, version, bucket, observations) VALUES ($1, $2, $3, $4) \
                              ON CONFLICT (model, version, bucket) DO UPDATE SET \
-                             observations = inference_latency_buckets.observations + excluded.observations",
+                             observations = CASE WHEN inference_latency_buckets.observations > 9223372036854775807 - excluded.observations \
+                                 THEN 9223372036854775807 ELSE inference_latency_buckets.observations + excluded.observations END",
                         )
                         .bind(&totals.model)
                         .bind(totals.version)

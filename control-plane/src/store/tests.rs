@@ -378,6 +378,35 @@ async fn inference_totals_add_up_every_batch_per_version() {
     }
 }
 
+/// A sum that overflows i64 turned SQLite's running total into a REAL (every later read of
+/// it failed, so `/metrics` answered 500 for good) and aborted the batch on PostgreSQL.
+#[tokio::test]
+async fn inference_totals_saturate_at_i64_max_and_stay_readable() {
+    for (store, _dir) in stores().await {
+        let backend = store.backend();
+        let window = |requests: i64, observations: u64| InferenceWindow {
+            device_id: "d1".into(),
+            model: "m".into(),
+            version: 1,
+            window_end_ms: 1,
+            window_ms: 1000,
+            requests,
+            errors: requests,
+            latency_us: HistogramSnapshot { buckets: vec![(3, observations)] },
+        };
+        store.insert_windows(&[window(5, 5)]).await.unwrap();
+        store.insert_windows(&[window(i64::MAX, u64::MAX)]).await.unwrap();
+        store.insert_windows(&[window(i64::MAX - 1, 1 << 62), window(7, 7)]).await.unwrap();
+        let totals = store.inference_totals().await.unwrap();
+        assert_eq!(totals.len(), 1, "{backend}");
+        assert_eq!((totals[0].requests, totals[0].errors), (i64::MAX, i64::MAX), "{backend}");
+        assert_eq!(totals[0].latency_us.buckets, vec![(3, i64::MAX as u64)], "{backend}");
+        // A negative count (the store is not the place that checks them) adds nothing.
+        store.insert_windows(&[window(-5, 0)]).await.unwrap();
+        assert_eq!(store.inference_totals().await.unwrap()[0].requests, i64::MAX, "{backend}");
+    }
+}
+
 #[tokio::test]
 async fn rollout_devices_are_counted_per_state_and_splits_listed() {
     for (store, _dir) in stores().await {

@@ -7,6 +7,7 @@ mod api_snapshot;
 mod bad_input;
 mod demo;
 mod drift;
+mod hostile_input;
 mod experiments;
 mod limits;
 mod mlflow;
