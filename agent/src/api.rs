@@ -27,12 +27,95 @@ pub struct ApiState {
     default_device: Option<String>,
     pool: InferencePool,
     shadow_permits: Arc<tokio::sync::Semaphore>,
+    allowed_hosts: Arc<HostAllowList>,
+}
+
+/// The `Host` names the API answers to. A web page the device's browser opens can make the
+/// browser send requests to `127.0.0.1` under its own name (DNS rebinding); refusing names
+/// other than these stops it reading or driving the API.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostAllowList {
+    names: Vec<String>,
+}
+
+impl HostAllowList {
+    /// `localhost`, `127.0.0.1`, `[::1]`, the listen address (unless it is 0.0.0.0 or `[::]`)
+    /// and `extra` names, compared without case and without the port.
+    pub fn new(listen: std::net::SocketAddr, extra: &[String]) -> Self {
+        let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "[::1]".into()];
+        if !listen.ip().is_unspecified() {
+            names.push(match listen.ip() {
+                std::net::IpAddr::V4(ip) => ip.to_string(),
+                std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            });
+        }
+        names.extend(extra.iter().map(|name| strip_port(name).to_ascii_lowercase()));
+        HostAllowList { names }
+    }
+
+    pub fn allows(&self, host_header: &str) -> bool {
+        let name = strip_port(host_header.trim()).to_ascii_lowercase();
+        self.names.contains(&name)
+    }
+}
+
+/// `name:port` → `name`, `[v6]:port` → `[v6]`; a bare name is returned as it is.
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !port.is_empty() && port.bytes().all(|byte| byte.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// Request content types the API takes: JSON, bytes, or none (Triton's HTTP client sends
+/// none). Browsers send `text/plain`, forms and `multipart/form-data` cross-origin without
+/// asking first, so those are refused with 415.
+fn accepted_content_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    matches!(essence.as_str(), "application/json" | "application/octet-stream")
+}
+
+/// Refuses foreign `Host` names (403) and content types a browser can send without a CORS
+/// preflight (415) before any route runs. A request without `Host` (HTTP/1.0) is not from a
+/// browser and passes.
+async fn guard(State(state): State<ApiState>, request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let headers = request.headers();
+    if let Some(host) = headers.get(axum::http::header::HOST) {
+        let text = host.to_str().unwrap_or_default();
+        if !state.allowed_hosts.allows(text) {
+            return ApiError::ForeignHost(format!(
+                "Host `{}` is not served here (allowed: localhost, the listen address and --allowed-host names)",
+                text.escape_default()
+            ))
+            .into_response();
+        }
+    }
+    if let Some(content_type) = headers.get(axum::http::header::CONTENT_TYPE) {
+        let text = content_type.to_str().unwrap_or_default();
+        if !accepted_content_type(text) {
+            return ApiError::UnsupportedMediaType(format!(
+                "Content-Type `{}` is not accepted: send application/json, application/octet-stream or none",
+                text.escape_default()
+            ))
+            .into_response();
+        }
+    }
+    next.run(request).await
 }
 
 impl ApiState {
-    pub fn new(pool: InferencePool, default_device: Option<String>) -> Self {
+    pub fn new(pool: InferencePool, default_device: Option<String>, allowed_hosts: HostAllowList) -> Self {
         let shadow_permits = Arc::new(tokio::sync::Semaphore::new(crate::shadow::MAX_SHADOW_IN_FLIGHT));
-        ApiState { hosts: Arc::new(RwLock::new(HashMap::new())), default_device, pool, shadow_permits }
+        ApiState {
+            hosts: Arc::new(RwLock::new(HashMap::new())),
+            default_device,
+            pool,
+            shadow_permits,
+            allowed_hosts: Arc::new(allowed_hosts),
+        }
     }
 
     pub fn add_host(&self, host: Arc<ModelHost>) {
@@ -66,6 +149,7 @@ pub fn router(state: ApiState) -> Router {
         .nest("/v2", v2.clone())
         .nest("/devices/{device}/v2", v2)
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
@@ -73,6 +157,8 @@ pub fn router(state: ApiState) -> Router {
 pub enum ApiError {
     NotFound(String),
     BadRequest(String),
+    ForeignHost(String),
+    UnsupportedMediaType(String),
     Unavailable(String),
     Internal(String),
 }
@@ -80,9 +166,12 @@ pub enum ApiError {
 impl fmt::Display for ApiError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ApiError::NotFound(message) | ApiError::BadRequest(message) | ApiError::Unavailable(message) | ApiError::Internal(message) => {
-                f.write_str(message)
-            }
+            ApiError::NotFound(message)
+            | ApiError::BadRequest(message)
+            | ApiError::ForeignHost(message)
+            | ApiError::UnsupportedMediaType(message)
+            | ApiError::Unavailable(message)
+            | ApiError::Internal(message) => f.write_str(message),
         }
     }
 }
@@ -92,6 +181,8 @@ impl IntoResponse for ApiError {
         let status = match &self {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::ForeignHost(_) => StatusCode::FORBIDDEN,
+            ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -107,7 +198,8 @@ impl From<InferenceError> for ApiError {
             | InferenceError::MissingInput(_)
             | InferenceError::WrongDatatype { .. }
             | InferenceError::WrongShape { .. }
-            | InferenceError::WrongLength { .. } => ApiError::BadRequest(message),
+            | InferenceError::WrongLength { .. }
+            | InferenceError::TooManyElements { .. } => ApiError::BadRequest(message),
             InferenceError::Overloaded | InferenceError::ShutDown => ApiError::Unavailable(message),
             InferenceError::Load(_) | InferenceError::Runtime(_) => ApiError::Internal(message),
         }
@@ -269,6 +361,12 @@ impl<'de> Deserialize<'de> for FlatNumbers {
     }
 }
 
+/// The number of elements of `shape`, or `None` when it does not fit a `usize`. Zero
+/// dimensions are skipped, so that every partial product fits as well.
+pub fn element_count(shape: &[u64]) -> Option<usize> {
+    shape.iter().filter(|dim| **dim > 0).try_fold(1usize, |count, dim| count.checked_mul(usize::try_from(*dim).ok()?))
+}
+
 fn to_tensor(input: RequestInput) -> Result<TensorData, ApiError> {
     let dtype = DType::from_oip_name(&input.datatype).ok_or_else(|| {
         ApiError::BadRequest(format!("input `{}`: datatype `{}` is not supported (FP32, INT64)", input.name, input.datatype))
@@ -278,6 +376,11 @@ fn to_tensor(input: RequestInput) -> Result<TensorData, ApiError> {
         .iter()
         .map(|&dim| u64::try_from(dim).map_err(|_| ApiError::BadRequest(format!("input `{}`: negative dimension in shape", input.name))))
         .collect::<Result<_, _>>()?;
+    // Checked: a shape such as [2^40, 2^40] must be a clear 400, not a wrapped count that
+    // passes validation and fails in the runtime (a 500 counted against the model).
+    if element_count(&shape).is_none() {
+        return Err(ApiError::BadRequest(format!("input `{}`: shape {:?} has more elements than can be addressed", input.name, shape)));
+    }
     let values = match (dtype, input.data) {
         (DType::F32, FlatNumbers::Floats(values)) => TensorValues::F32(values.into_iter().map(|value| value as f32).collect()),
         (DType::F32, FlatNumbers::Integers(values)) => TensorValues::F32(values.into_iter().map(|value| value as f32).collect()),
@@ -395,5 +498,54 @@ mod tests {
     #[test]
     fn non_numeric_data_is_a_parse_error() {
         assert!(serde_json::from_str::<RequestInput>(r#"{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}"#).is_err());
+    }
+
+    #[test]
+    fn host_names_are_checked_without_port_or_case() {
+        let allowed = HostAllowList::new("192.168.1.5:8081".parse().unwrap(), &["edge.local".into(), "Cam-7:9000".into()]);
+        for (host, expected) in [
+            ("localhost", true),
+            ("LOCALHOST:8081", true),
+            ("127.0.0.1:1", true),
+            ("[::1]:8081", true),
+            ("192.168.1.5:8081", true),
+            ("edge.local", true),
+            ("cam-7", true),
+            ("attacker.example", false),
+            ("localhost.attacker.example", false),
+            ("127.0.0.1.nip.io:8081", false),
+            ("[::2]", false),
+            ("", false),
+        ] {
+            assert_eq!(allowed.allows(host), expected, "{host}");
+        }
+        let unspecified = HostAllowList::new("0.0.0.0:8081".parse().unwrap(), &[]);
+        assert!(!unspecified.allows("0.0.0.0"));
+        assert!(unspecified.allows("localhost"));
+    }
+
+    #[test]
+    fn only_json_bytes_or_no_content_type_are_accepted() {
+        for (content_type, expected) in [
+            ("application/json", true),
+            ("Application/JSON; charset=utf-8", true),
+            ("application/octet-stream", true),
+            ("text/plain", false),
+            ("text/plain;charset=UTF-8", false),
+            ("application/x-www-form-urlencoded", false),
+            ("multipart/form-data; boundary=x", false),
+        ] {
+            assert_eq!(accepted_content_type(content_type), expected, "{content_type}");
+        }
+    }
+
+    #[test]
+    fn element_counts_are_checked() {
+        assert_eq!(element_count(&[2, 3, 4]), Some(24));
+        assert_eq!(element_count(&[]), Some(1));
+        assert_eq!(element_count(&[0, 5]), Some(5));
+        assert_eq!(element_count(&[1 << 40, 1 << 40]), None);
+        assert_eq!(element_count(&[1 << 62, 4]), None);
+        assert_eq!(element_count(&[u64::MAX]), Some(usize::MAX).filter(|_| usize::BITS == 64));
     }
 }

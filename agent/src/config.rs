@@ -79,11 +79,21 @@ pub struct DeviceConfig {
     pub testing: TestingConfig,
 }
 
+/// The local API's server limits and the Host names it answers to.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ApiConfig {
+    pub limits: crate::http::ServerLimits,
+    /// Host names accepted besides `localhost`, `127.0.0.1`, `[::1]` and the listen address
+    /// (a browser page on the device cannot reach the API through DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+}
+
 /// `fleetml-agent run`.
 #[derive(Clone, Debug)]
 pub struct AgentConfig {
     pub device: DeviceConfig,
     pub http: SocketAddr,
+    pub api: ApiConfig,
     pub inference_threads: usize,
 }
 
@@ -102,6 +112,7 @@ pub struct SimConfig {
     pub telemetry: TelemetryConfig,
     pub transfer: TransferConfig,
     pub http: SocketAddr,
+    pub api: ApiConfig,
     pub inference_threads: usize,
     pub testing: TestingConfig,
     /// Only devices matching this selector get `testing.fail_self_test`.
@@ -134,6 +145,18 @@ pub struct CommonArgs {
     /// Local inference API address (Open Inference Protocol).
     #[arg(long, env = "FLEETML_AGENT_HTTP")]
     pub http: Option<SocketAddr>,
+    /// Seconds a client has to send a request's headers (default 10).
+    #[arg(long, env = "FLEETML_AGENT_HTTP_HEADER_TIMEOUT_SECONDS")]
+    pub http_header_timeout_seconds: Option<f64>,
+    /// Seconds a request body may send nothing before its connection closes (default 10).
+    #[arg(long, env = "FLEETML_AGENT_HTTP_BODY_TIMEOUT_SECONDS")]
+    pub http_body_timeout_seconds: Option<f64>,
+    /// Connections the local API serves at once (default 64); more wait to be accepted.
+    #[arg(long, env = "FLEETML_AGENT_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
+    /// A Host name the local API answers to besides localhost and its listen address; repeatable.
+    #[arg(long = "allowed-host", env = "FLEETML_AGENT_ALLOWED_HOSTS", value_delimiter = ',')]
+    pub allowed_hosts: Vec<String>,
     /// Seconds between heartbeats.
     #[arg(long, env = "FLEETML_AGENT_HEARTBEAT_SECONDS")]
     pub heartbeat_seconds: Option<f64>,
@@ -170,6 +193,11 @@ pub struct FileConfig {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub http: Option<SocketAddr>,
+    pub http_header_timeout_seconds: Option<f64>,
+    pub http_body_timeout_seconds: Option<f64>,
+    pub http_max_connections: Option<usize>,
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
     pub heartbeat_seconds: Option<f64>,
     pub drift_window_seconds: Option<f64>,
     pub drift_window_samples: Option<u64>,
@@ -196,9 +224,15 @@ pub struct Resolved {
     pub telemetry: TelemetryConfig,
     pub transfer: TransferConfig,
     pub http: SocketAddr,
+    pub api: ApiConfig,
     pub inference_threads: usize,
     pub testing: TestingConfig,
 }
+
+/// Connections the local API serves at once unless configured: a device's local clients
+/// need few, and each open connection holds buffers (a 2,000-connection flood without a cap
+/// left the agent at 79 MiB instead of 24).
+pub const DEFAULT_HTTP_MAX_CONNECTIONS: usize = 64;
 
 pub fn resolve(args: &CommonArgs, file: &FileConfig, default_http: SocketAddr) -> Result<Resolved, ConfigError> {
     let mqtt_url = args.mqtt_url.clone().or_else(|| file.mqtt_url.clone()).unwrap_or_else(|| "mqtt://127.0.0.1:1883".into());
@@ -250,6 +284,21 @@ pub fn resolve(args: &CommonArgs, file: &FileConfig, default_http: SocketAddr) -
     if inference_threads == 0 || inference_threads > 256 {
         return Err(config_error("inference_threads", "must be between 1 and 256"));
     }
+    let http_max_connections = args.http_max_connections.or(file.http_max_connections).unwrap_or(DEFAULT_HTTP_MAX_CONNECTIONS);
+    if !(1..=65_536).contains(&http_max_connections) {
+        return Err(config_error("http_max_connections", format!("{http_max_connections}: must be between 1 and 65536")));
+    }
+    let limits = crate::http::ServerLimits {
+        header_read_timeout: seconds("http_header_timeout_seconds", args.http_header_timeout_seconds.or(file.http_header_timeout_seconds), 10.0)?,
+        body_read_timeout: seconds("http_body_timeout_seconds", args.http_body_timeout_seconds.or(file.http_body_timeout_seconds), 10.0)?,
+        max_connections: http_max_connections,
+    };
+    let allowed_hosts = if args.allowed_hosts.is_empty() { file.allowed_hosts.clone() } else { args.allowed_hosts.clone() };
+    for host in &allowed_hosts {
+        if host.is_empty() || host.contains(['/', ' ', '@']) {
+            return Err(config_error("allowed_hosts", format!("`{host}` is not a host name")));
+        }
+    }
     let fail_self_test =
         if args.testing_fail_self_test.is_empty() { file.testing_fail_self_test.clone() } else { args.testing_fail_self_test.clone() };
     Ok(Resolved {
@@ -260,6 +309,7 @@ pub fn resolve(args: &CommonArgs, file: &FileConfig, default_http: SocketAddr) -
         telemetry: TelemetryConfig { heartbeat_interval, drift_window, drift_window_samples, drift_outbox_windows },
         transfer: TransferConfig { stall_timeout, max_backoff: Duration::from_secs(60) },
         http: args.http.or(file.http).unwrap_or(default_http),
+        api: ApiConfig { limits, allowed_hosts },
         inference_threads,
         testing: TestingConfig { fail_self_test },
     })

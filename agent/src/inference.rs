@@ -27,6 +27,8 @@ pub enum InferenceError {
     WrongShape { name: String, expected: Vec<i64>, got: Vec<u64> },
     #[error("input `{name}` has {got} values, its shape {shape:?} needs {expected}")]
     WrongLength { name: String, shape: Vec<u64>, expected: usize, got: usize },
+    #[error("input `{name}`: shape {shape:?} has more elements than can be addressed")]
+    TooManyElements { name: String, shape: Vec<u64> },
     #[error("the inference queue is full")]
     Overloaded,
     #[error("the inference engine is shut down")]
@@ -47,6 +49,7 @@ impl InferenceError {
                 | InferenceError::WrongDatatype { .. }
                 | InferenceError::WrongShape { .. }
                 | InferenceError::WrongLength { .. }
+                | InferenceError::TooManyElements { .. }
         )
     }
 }
@@ -136,7 +139,11 @@ impl LoadedModel {
             if !shape_fits {
                 return Err(InferenceError::WrongShape { name: spec.name.clone(), expected: spec.oip_shape(), got: input.shape.clone() });
             }
-            let expected_len = input.shape.iter().product::<u64>() as usize;
+            let expected_len = match crate::api::element_count(&input.shape) {
+                Some(count) if !input.shape.contains(&0) => count,
+                Some(_) => 0,
+                None => return Err(InferenceError::TooManyElements { name: spec.name.clone(), shape: input.shape.clone() }),
+            };
             if input.values.len() != expected_len {
                 return Err(InferenceError::WrongLength {
                     name: spec.name.clone(),

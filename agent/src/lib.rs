@@ -9,6 +9,7 @@ pub mod api;
 pub mod config;
 pub mod drift;
 pub mod host;
+pub mod http;
 pub mod inference;
 pub mod install;
 pub mod link;
@@ -120,12 +121,12 @@ pub async fn start(config: AgentConfig, tracker: &TaskTracker, cancel: &Cancella
     let shared = Shared::new(config.inference_threads)?;
     let device_id = config.device.device_id.clone();
     let host = start_device(config.device, &shared, tracker, cancel).await?;
-    let api_state = api::ApiState::new(shared.pool.clone(), Some(device_id.clone()));
-    api_state.add_host(host);
     let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding the local API to {}", config.http))?;
     let api_addr = listener.local_addr()?;
+    let api_state = api::ApiState::new(shared.pool.clone(), Some(device_id.clone()), api::HostAllowList::new(api_addr, &config.api.allowed_hosts));
+    api_state.add_host(host);
     tracing::info!(%device_id, api = %api_addr, "agent running");
-    serve_api(tracker, listener, api_state, cancel.clone());
+    serve_api(tracker, listener, api_state, config.api.limits, cancel.clone());
     Ok(AgentHandle { api_addr })
 }
 
@@ -138,8 +139,18 @@ pub async fn wait_for_shutdown(tracker: TaskTracker, cancel: CancellationToken) 
     }
 }
 
-pub fn serve_api(tracker: &TaskTracker, listener: tokio::net::TcpListener, state: api::ApiState, cancel: CancellationToken) {
-    spawn_actor(tracker, "api", async move {
-        axum::serve(listener, api::router(state)).with_graceful_shutdown(cancel.cancelled_owned()).await.context("local API server")
-    });
+pub fn serve_api(
+    tracker: &TaskTracker,
+    listener: tokio::net::TcpListener,
+    state: api::ApiState,
+    limits: http::ServerLimits,
+    cancel: CancellationToken,
+) {
+    tracing::info!(
+        header_read_timeout_s = limits.header_read_timeout.as_secs_f64(),
+        body_read_timeout_s = limits.body_read_timeout.as_secs_f64(),
+        max_connections = limits.max_connections,
+        "local API limits"
+    );
+    spawn_actor(tracker, "api", async move { http::serve(listener, api::router(state), limits, cancel).await.context("local API server") });
 }

@@ -99,6 +99,7 @@ fn main() -> ExitCode {
                     testing: resolved.testing,
                 },
                 http: resolved.http,
+                api: resolved.api,
                 inference_threads: resolved.inference_threads,
             };
             let device_id = agent_config.device.device_id.clone();
@@ -188,6 +189,7 @@ fn sim_config(
         telemetry: resolved.telemetry,
         transfer: resolved.transfer,
         http: resolved.http,
+        api: resolved.api,
         inference_threads: resolved.inference_threads,
         testing: TestingConfig { fail_self_test: resolved.testing.fail_self_test },
         testing_selector,

@@ -35,9 +35,9 @@ pub fn device_labels(config: &SimConfig, device_idx: usize) -> BTreeMap<String, 
 /// Starts the fleet on `tracker` and returns once every device restored its state.
 pub async fn start(config: &SimConfig, tracker: &TaskTracker, cancel: &CancellationToken) -> anyhow::Result<SimHandle> {
     let shared = Shared::new(config.inference_threads)?;
-    let api_state = api::ApiState::new(shared.pool.clone(), None);
     let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding the local API to {}", config.http))?;
     let api_addr = listener.local_addr()?;
+    let api_state = api::ApiState::new(shared.pool.clone(), None, api::HostAllowList::new(api_addr, &config.api.allowed_hosts));
     let mut device_ids = Vec::with_capacity(config.count);
     let started = tokio::time::Instant::now();
     for device_idx in 0..config.count {
@@ -62,7 +62,7 @@ pub async fn start(config: &SimConfig, tracker: &TaskTracker, cancel: &Cancellat
         api_state.add_host(host);
         device_ids.push(device_id);
     }
-    crate::serve_api(tracker, listener, api_state, cancel.clone());
+    crate::serve_api(tracker, listener, api_state, config.api.limits, cancel.clone());
     tracing::info!(count = config.count, api = %api_addr, "simulated fleet running");
     Ok(SimHandle { api_addr, device_ids })
 }

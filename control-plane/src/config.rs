@@ -47,6 +47,8 @@ pub struct PlaneConfig {
     pub broker: BrokerConfig,
     pub topic_root: String,
     pub http: SocketAddr,
+    /// Header and body read timeouts and the connection cap of the HTTP API.
+    pub http_limits: crate::http::ServerLimits,
     pub signing_key: Option<PathBuf>,
     pub admin_token: Option<String>,
     /// Fetch requests for a bundle arriving within this window share one chunk publish.
@@ -100,6 +102,15 @@ pub struct ServeArgs {
     /// REST API and dashboard address (default 127.0.0.1:8080).
     #[arg(long, env = "FLEETML_HTTP")]
     pub http: Option<SocketAddr>,
+    /// Seconds a client has to send a request's headers (default 10).
+    #[arg(long, env = "FLEETML_HTTP_HEADER_TIMEOUT_SECONDS")]
+    pub http_header_timeout_seconds: Option<f64>,
+    /// Seconds a request body may send nothing before its connection closes (default 30).
+    #[arg(long, env = "FLEETML_HTTP_BODY_TIMEOUT_SECONDS")]
+    pub http_body_timeout_seconds: Option<f64>,
+    /// HTTP connections served at once (default 1024; lowered to fit the open-file limit).
+    #[arg(long, env = "FLEETML_HTTP_MAX_CONNECTIONS")]
+    pub http_max_connections: Option<usize>,
     /// ed25519 private key (PEM); without it the plane makes one in its data folder.
     #[arg(long, env = "FLEETML_SIGNING_KEY")]
     pub signing_key: Option<PathBuf>,
@@ -134,6 +145,9 @@ pub struct FileConfig {
     pub mqtt_max_connections: Option<usize>,
     pub mqtt_topic_root: Option<String>,
     pub http: Option<SocketAddr>,
+    pub http_header_timeout_seconds: Option<f64>,
+    pub http_body_timeout_seconds: Option<f64>,
+    pub http_max_connections: Option<usize>,
     pub signing_key: Option<PathBuf>,
     pub admin_token: Option<String>,
     pub admin_token_file: Option<PathBuf>,
@@ -220,6 +234,31 @@ pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<PlaneConfig, Confi
     if period_seconds == Some(0) {
         return Err(config_error("drift.period_seconds", "must be at least 1"));
     }
+    let defaults = crate::http::ServerLimits::default();
+    let seconds = |field: &str, value: Option<f64>, default: Duration| -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(value) if value.is_finite() && value > 0.0 && value <= 3600.0 => Ok(Duration::from_secs_f64(value)),
+            Some(value) => Err(config_error(field, format!("{value}: must be a number of seconds in (0, 3600]"))),
+        }
+    };
+    let http_max_connections = args.http_max_connections.or(file.http_max_connections).unwrap_or(defaults.max_connections);
+    if !(1..=1_000_000).contains(&http_max_connections) {
+        return Err(config_error("http_max_connections", format!("{http_max_connections}: must be between 1 and 1000000")));
+    }
+    let http_limits = crate::http::ServerLimits {
+        header_read_timeout: seconds(
+            "http_header_timeout_seconds",
+            args.http_header_timeout_seconds.or(file.http_header_timeout_seconds),
+            defaults.header_read_timeout,
+        )?,
+        body_read_timeout: seconds(
+            "http_body_timeout_seconds",
+            args.http_body_timeout_seconds.or(file.http_body_timeout_seconds),
+            defaults.body_read_timeout,
+        )?,
+        max_connections: http_max_connections,
+    };
     let drift = DriftConfig {
         webhook_url,
         grace: Duration::from_millis(args.drift_grace_ms.or(file.drift.grace_ms).unwrap_or(2_000)),
@@ -232,6 +271,7 @@ pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<PlaneConfig, Confi
         broker,
         topic_root,
         http: args.http.or(file.http).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080))),
+        http_limits,
         signing_key: args.signing_key.clone().or_else(|| file.signing_key.clone()),
         admin_token,
         coalesce_window: Duration::from_millis(coalesce_ms),
@@ -253,6 +293,14 @@ mod tests {
         assert_eq!(config.database_url, "sqlite:///srv/fleetml/fleetml.db");
         assert!(matches!(config.broker, BrokerConfig::External { ref address } if address.port == 1884));
         assert_eq!(config.topic_root, "fleetml");
+        assert_eq!(config.http_limits, crate::http::ServerLimits::default());
+        let file: FileConfig = toml::from_str("http_header_timeout_seconds = 2.5\nhttp_max_connections = 50").unwrap();
+        let args = ServeArgs { http_body_timeout_seconds: Some(7.0), ..ServeArgs::default() };
+        let limits = resolve(&args, &file).unwrap().http_limits;
+        assert_eq!(
+            (limits.header_read_timeout, limits.body_read_timeout, limits.max_connections),
+            (Duration::from_millis(2500), Duration::from_secs(7), 50)
+        );
     }
 
     #[test]
@@ -274,6 +322,9 @@ mod tests {
             (ServeArgs { admin_token: Some("short".into()), ..ServeArgs::default() }, "admin_token"),
             (ServeArgs { mqtt_topic_root: Some("#".into()), ..ServeArgs::default() }, "mqtt_topic_root"),
             (ServeArgs { mqtt_max_connections: Some(2), ..ServeArgs::default() }, "mqtt_max_connections"),
+            (ServeArgs { http_header_timeout_seconds: Some(0.0), ..ServeArgs::default() }, "http_header_timeout_seconds"),
+            (ServeArgs { http_body_timeout_seconds: Some(f64::NAN), ..ServeArgs::default() }, "http_body_timeout_seconds"),
+            (ServeArgs { http_max_connections: Some(0), ..ServeArgs::default() }, "http_max_connections"),
             (
                 ServeArgs { mqtt_max_connections: Some(30_000), mqtt_url: Some("mqtt://broker:1883".into()), ..ServeArgs::default() },
                 "mqtt_max_connections",

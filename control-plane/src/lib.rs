@@ -21,12 +21,14 @@ pub mod distributor;
 pub mod drift;
 pub mod experiments;
 pub mod figures;
+pub mod http;
 pub mod ingest;
 pub mod keys;
 pub mod mqtt;
 pub mod registry;
 pub mod reported;
 pub mod rollout;
+pub mod storage;
 pub mod store;
 pub mod telemetry;
 pub mod tracking;
@@ -173,7 +175,8 @@ async fn ensure_admin_token(store: &dyn Store, config: &PlaneConfig) -> anyhow::
 
 /// Starts the plane's actors and HTTP server on `tracker`.
 pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &CancellationToken) -> anyhow::Result<PlaneHandle> {
-    std::fs::create_dir_all(config.data_dir.join("bundles")).with_context(|| format!("creating {}", config.data_dir.display()))?;
+    // Folders 0700, files 0600: the data folder holds keys, tokens, models and run artifacts.
+    storage::make_private_data_dir(&config.data_dir, &config.database_url)?;
     let store = store::open(&config.database_url).await.with_context(|| format!("opening the store {}", redact(&config.database_url)))?;
     let signer = keys::load_or_create(config.signing_key.as_deref(), &config.data_dir)?;
     let public_key_pem = signer.public_key().to_pem()?;
@@ -181,10 +184,30 @@ pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &Cancella
     if std::fs::read_to_string(&public_key_path).ok().as_deref() != Some(public_key_pem.as_str()) {
         std::fs::write(&public_key_path, &public_key_pem).with_context(|| format!("writing {}", public_key_path.display()))?;
     }
+    let broker_wanted = match &config.broker {
+        BrokerConfig::Embedded { max_connections, .. } => Some(*max_connections),
+        BrokerConfig::External { .. } => None,
+    };
+    let budget = http::descriptor_budget(config.http_limits.max_connections, broker_wanted);
+    tracing::info!(
+        open_file_limit = budget.limit,
+        http_connections = budget.http_connections,
+        broker_connections = budget.broker_connections,
+        reserved = http::RESERVED_DESCRIPTORS,
+        "descriptor budget"
+    );
+    if budget.http_connections < config.http_limits.max_connections || budget.broker_connections < broker_wanted {
+        tracing::warn!(
+            open_file_limit = budget.limit,
+            "the open-file limit cannot hold the configured connection caps; lowered them (raise `ulimit -n` to keep them)"
+        );
+    }
+    let http_limits = http::ServerLimits { max_connections: budget.http_connections, ..config.http_limits };
     let admin_token = ensure_admin_token(store.as_ref(), &config).await?;
     let (host, port) = match &config.broker {
         BrokerConfig::Embedded { listen, max_connections } => {
-            let embedded = broker::start_embedded(*listen, *max_connections).await?;
+            let max_connections = budget.broker_connections.unwrap_or(*max_connections).max(4);
+            let embedded = broker::start_embedded(*listen, max_connections).await?;
             (embedded.address.ip().to_string(), embedded.address.port())
         }
         BrokerConfig::External { address } => (address.host.clone(), address.port),
@@ -225,12 +248,13 @@ pub async fn start(config: PlaneConfig, tracker: &TaskTracker, cancel: &Cancella
     let http_addr = listener.local_addr()?;
     let router = api::router(core.clone());
     let shutdown = cancel.clone();
-    spawn_actor(tracker, "http", async move {
-        axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .context("HTTP server")
-    });
+    tracing::info!(
+        header_read_timeout_s = http_limits.header_read_timeout.as_secs_f64(),
+        body_read_timeout_s = http_limits.body_read_timeout.as_secs_f64(),
+        max_connections = http_limits.max_connections,
+        "HTTP limits"
+    );
+    spawn_actor(tracker, "http", async move { http::serve(listener, router, http_limits, shutdown).await.context("HTTP server") });
     tracing::info!(http = %http_addr, broker = %broker_url, store = core.store.backend(), "control plane running");
     Ok(PlaneHandle { http_addr, broker_url, public_key_path, admin_token, core })
 }

@@ -140,7 +140,7 @@ pub async fn push(core: &PlaneCore, model: &str, onnx: Onnx, push: PushOptions) 
     let path = bundle_path(core, &digest);
     let temporary = path.with_extension("tmp");
     let internal = |error: std::io::Error| VersionError::Internal(format!("writing bundle: {error}"));
-    tokio::fs::write(&temporary, &built.file_bytes).await.map_err(internal)?;
+    crate::storage::write_private_file(&temporary, &built.file_bytes).await.map_err(internal)?;
     tokio::fs::rename(&temporary, &path).await.map_err(internal)?;
     let schema_json = serde_json::to_string(&built.schema).map_err(|error| VersionError::Internal(error.to_string()))?;
     let record = ModelVersionRecord {
