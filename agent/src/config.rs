@@ -289,7 +289,11 @@ pub fn resolve(args: &CommonArgs, file: &FileConfig, default_http: SocketAddr) -
         return Err(config_error("http_max_connections", format!("{http_max_connections}: must be between 1 and 65536")));
     }
     let limits = crate::http::ServerLimits {
-        header_read_timeout: seconds("http_header_timeout_seconds", args.http_header_timeout_seconds.or(file.http_header_timeout_seconds), 10.0)?,
+        header_read_timeout: seconds(
+            "http_header_timeout_seconds",
+            args.http_header_timeout_seconds.or(file.http_header_timeout_seconds),
+            10.0,
+        )?,
         body_read_timeout: seconds("http_body_timeout_seconds", args.http_body_timeout_seconds.or(file.http_body_timeout_seconds), 10.0)?,
         max_connections: http_max_connections,
     };

@@ -37,7 +37,11 @@ pub struct ServerLimits {
 
 impl Default for ServerLimits {
     fn default() -> Self {
-        ServerLimits { header_read_timeout: Duration::from_secs(10), body_read_timeout: Duration::from_secs(10), max_connections: crate::config::DEFAULT_HTTP_MAX_CONNECTIONS }
+        ServerLimits {
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            max_connections: crate::config::DEFAULT_HTTP_MAX_CONNECTIONS,
+        }
     }
 }
 

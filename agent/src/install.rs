@@ -2,7 +2,7 @@
 //! place, load with tract and run the self-test. Only a bundle that passes all of it is
 //! handed back to be swapped in; on any failure the model that was serving keeps serving.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -136,10 +136,10 @@ fn stage(state_dir: &StateDir, verified: &VerifiedManifest, payload: &[u8]) -> R
     if staging.exists() {
         fs::remove_dir_all(&staging).map_err(io_error("clearing", &staging))?;
     }
-    fs::create_dir_all(&staging).map_err(io_error("creating", &staging))?;
+    crate::storage::create_private_dir_all(&staging)?;
     let write_file = |name: &str, bytes: &[u8]| -> Result<(), StorageError> {
         let path = staging.join(name);
-        let mut file = File::create(&path).map_err(io_error("creating", &path))?;
+        let mut file = crate::storage::create_private_file(&path)?;
         file.write_all(bytes).map_err(io_error("writing", &path))?;
         file.sync_all().map_err(io_error("syncing", &path))
     };

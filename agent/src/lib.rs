@@ -123,7 +123,8 @@ pub async fn start(config: AgentConfig, tracker: &TaskTracker, cancel: &Cancella
     let host = start_device(config.device, &shared, tracker, cancel).await?;
     let listener = tokio::net::TcpListener::bind(config.http).await.with_context(|| format!("binding the local API to {}", config.http))?;
     let api_addr = listener.local_addr()?;
-    let api_state = api::ApiState::new(shared.pool.clone(), Some(device_id.clone()), api::HostAllowList::new(api_addr, &config.api.allowed_hosts));
+    let api_state =
+        api::ApiState::new(shared.pool.clone(), Some(device_id.clone()), api::HostAllowList::new(api_addr, &config.api.allowed_hosts));
     api_state.add_host(host);
     tracing::info!(%device_id, api = %api_addr, "agent running");
     serve_api(tracker, listener, api_state, config.api.limits, cancel.clone());

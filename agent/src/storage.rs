@@ -8,10 +8,14 @@
 //!
 //! Invariant: every file that matters is written to a temporary name, fsynced and renamed,
 //! so a power cut leaves either the old or the new version, never a torn one.
+//!
+//! Invariant: folders are created 0700 and files 0600 (`create_private_dir_all`,
+//! `create_private_file`), and `StateDir::open` tightens a folder an older agent left open.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use fleetml_shared::bundle::{BundleDigest, SignedManifest};
@@ -69,7 +73,8 @@ pub struct StateDir {
 impl StateDir {
     pub fn open(root: &Path) -> Result<Self, StorageError> {
         for folder in [root.to_path_buf(), root.join("bundles"), root.join("transfers")] {
-            fs::create_dir_all(&folder).map_err(io_error("creating", &folder))?;
+            create_private_dir_all(&folder)?;
+            fs::set_permissions(&folder, fs::Permissions::from_mode(PRIVATE_DIR_MODE)).map_err(io_error("restricting", &folder))?;
         }
         // Leftovers of an install interrupted before its rename.
         if let Ok(entries) = fs::read_dir(root.join("bundles")) {
@@ -152,10 +157,23 @@ impl StateDir {
     }
 }
 
+pub const PRIVATE_DIR_MODE: u32 = 0o700;
+pub const PRIVATE_FILE_MODE: u32 = 0o600;
+
+/// `fs::create_dir_all`, with every folder it creates 0700.
+pub fn create_private_dir_all(path: &Path) -> Result<(), StorageError> {
+    fs::DirBuilder::new().recursive(true).mode(PRIVATE_DIR_MODE).create(path).map_err(io_error("creating", path))
+}
+
+/// `File::create`, 0600 when it creates the file.
+pub fn create_private_file(path: &Path) -> Result<File, StorageError> {
+    fs::OpenOptions::new().write(true).create(true).truncate(true).mode(PRIVATE_FILE_MODE).open(path).map_err(io_error("creating", path))
+}
+
 /// Writes `bytes` to `path` through a temporary file, fsync and rename, then fsyncs the folder.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StorageError> {
     let temporary = path.with_extension("tmp");
-    let mut file = File::create(&temporary).map_err(io_error("creating", &temporary))?;
+    let mut file = create_private_file(&temporary)?;
     file.write_all(bytes).map_err(io_error("writing", &temporary))?;
     file.sync_all().map_err(io_error("syncing", &temporary))?;
     drop(file);

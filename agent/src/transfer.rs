@@ -4,6 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -54,6 +55,7 @@ impl Transfer {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(crate::storage::PRIVATE_FILE_MODE)
             .open(&part_path)
             .map_err(io_error("opening", &part_path))?;
         let existing_len = file.metadata().map_err(io_error("reading metadata of", &part_path))?.len();

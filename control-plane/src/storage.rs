@@ -36,7 +36,11 @@ pub fn make_private_data_dir(data_dir: &Path, database_url: &str) -> anyhow::Res
     }
     if let Some(database) = sqlite_path(database_url) {
         if let Some(parent) = database.parent().filter(|parent| !parent.as_os_str().is_empty() && !parent.exists()) {
-            DirBuilder::new().recursive(true).mode(PRIVATE_DIR_MODE).create(parent).with_context(|| format!("creating {}", parent.display()))?;
+            DirBuilder::new()
+                .recursive(true)
+                .mode(PRIVATE_DIR_MODE)
+                .create(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
         }
         // SQLite gives its -wal and -shm files the mode of the database file, so the file is
         // made before SQLite opens it (an empty file is a new database to SQLite).

@@ -105,7 +105,10 @@ fn parse_clause(text: &str) -> Result<Clause, String> {
         other => return Err(format!("Invalid entity type '{other}'")),
     };
     if matches!(comparison, Comparison::Like | Comparison::ILike) && value.chars().count() > MAX_PATTERN_CHARS {
-        return Err(format!("Invalid clause: a LIKE pattern may have at most {MAX_PATTERN_CHARS} characters, not {}", value.chars().count()));
+        return Err(format!(
+            "Invalid clause: a LIKE pattern may have at most {MAX_PATTERN_CHARS} characters, not {}",
+            value.chars().count()
+        ));
     }
     Ok(Clause { entity, key: unquote(key), comparison, value })
 }

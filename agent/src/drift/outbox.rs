@@ -92,7 +92,7 @@ impl DriftOutbox {
         let temporary = self.dir.join("incoming.tmp");
         {
             use std::io::Write;
-            let mut file = fs::File::create(&temporary)?;
+            let mut file = crate::storage::create_private_file(&temporary).map_err(|error| error.source)?;
             file.write_all(&payload)?;
             file.sync_all()?;
         }
@@ -146,7 +146,7 @@ impl DriftOutbox {
 
     #[tracing::instrument(name = "drift_outbox", skip_all, fields(device_id = %self.device_id))]
     pub async fn run(mut self, cancel: CancellationToken) -> anyhow::Result<()> {
-        fs::create_dir_all(&self.dir)?;
+        crate::storage::create_private_dir_all(&self.dir)?;
         let _ = fs::remove_file(self.dir.join("incoming.tmp"));
         let mut kept = self.load();
         let mut next_seq = kept.last_key_value().map(|(seq, _)| seq + 1).unwrap_or(0).max(read_seq(&self.dir));
@@ -196,5 +196,6 @@ fn read_seq(dir: &Path) -> u64 {
 }
 
 fn write_seq(dir: &Path, next_seq: u64) {
-    let _ = fs::write(dir.join("next_seq"), next_seq.to_string());
+    let _ = crate::storage::create_private_file(&dir.join("next_seq"))
+        .and_then(|mut file| std::io::Write::write_all(&mut file, next_seq.to_string().as_bytes()).map_err(crate::storage::io_error("writing", dir)));
 }

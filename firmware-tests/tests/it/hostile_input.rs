@@ -145,7 +145,9 @@ async fn half_sent_requests_are_closed_within_the_timeouts_on_the_plane_and_the_
         (
             "plane, a body cut short",
             plane.api.clone(),
-            format!("POST /api/v1/profiles HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n{{\"half\":"),
+            format!(
+                "POST /api/v1/profiles HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\nContent-Length: 100\r\n\r\n{{\"half\":"
+            ),
         ),
         ("agent, headers", agent.api.clone(), "GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1".to_string()),
         (
