@@ -196,6 +196,7 @@ fn read_seq(dir: &Path) -> u64 {
 }
 
 fn write_seq(dir: &Path, next_seq: u64) {
-    let _ = crate::storage::create_private_file(&dir.join("next_seq"))
-        .and_then(|mut file| std::io::Write::write_all(&mut file, next_seq.to_string().as_bytes()).map_err(crate::storage::io_error("writing", dir)));
+    let _ = crate::storage::create_private_file(&dir.join("next_seq")).and_then(|mut file| {
+        std::io::Write::write_all(&mut file, next_seq.to_string().as_bytes()).map_err(crate::storage::io_error("writing", dir))
+    });
 }

@@ -56,7 +56,8 @@ impl DriftTap {
                     TensorValues::I64(values) => window::TensorValues::I64(values),
                 };
                 // A 1-D tensor is a batch of single values; otherwise rows are the first axis.
-                let row_len: usize = if tensor.shape.len() <= 1 { 1 } else { crate::api::element_count(&tensor.shape[1..]).unwrap_or(usize::MAX) };
+                let row_len: usize =
+                    if tensor.shape.len() <= 1 { 1 } else { crate::api::element_count(&tensor.shape[1..]).unwrap_or(usize::MAX) };
                 if let Err(error) = state.accumulator.observe(side, &tensor.name, values, row_len) {
                     self.observe_errors.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::debug!(model = %self.model, %error, "request not summarised for drift");
